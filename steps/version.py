@@ -1,0 +1,79 @@
+"""version: snapshot the dataset with DVC and push it to the configured remote.
+
+The DVC hash of the dataset folder goes into the manifest; training records it in MLflow, so a served prediction
+traces back to the exact data. Re-running on identical data changes nothing: DVC's cache and remote are content
+addressed, so `add` and `push` find every object already there.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import yaml
+from pydantic import Field
+
+from steps.config import CommonSettings, flags, load_settings
+from steps.manifest import write_manifest
+
+TRACKED = "dataset"  # the folder name inside the DVC workspace
+
+
+class VersionSettings(CommonSettings):
+    section: ClassVar[str] = "version"
+    remote: str = Field("{home}/dvc-remote", description="DVC remote: a local folder, or gs://bucket/path on GKE.")
+    workspace: Path = Field(Path("{home}/dvc-workspace"), description="The DVC project (no git) holding snapshots.")
+
+
+def open_workspace(workspace: Path, remote: str):
+    """The DVC repo at `workspace`, created on first use, with `remote` as its default remote, analytics off."""
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    from dvc.repo import Repo  # the version extra
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    repo = Repo(str(workspace)) if (workspace / ".dvc").is_dir() else Repo.init(str(workspace), no_scm=True)
+    with repo.config.edit() as conf:
+        conf["core"]["analytics"] = False
+        conf["core"]["remote"] = "storage"
+        conf["remote"]["storage"] = {"url": remote}
+    return repo
+
+
+def snapshot(dataset: Path, settings: VersionSettings) -> dict[str, str]:
+    """Copies the dataset's files into the workspace, `dvc add` + `dvc push`; returns the DVC refs."""
+    repo = open_workspace(settings.workspace, settings.remote)
+    target = settings.workspace / TRACKED
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir()
+    for file in sorted(dataset.glob("*.parquet")):
+        shutil.copy2(file, target / file.name)
+    repo.add(str(target))
+    pushed = repo.push()
+    pointer = yaml.safe_load((settings.workspace / f"{TRACKED}.dvc").read_text())
+    out = pointer["outs"][0]
+    return {"dvc_md5": out["md5"], "dvc_remote": settings.remote, "dvc_files": str(out.get("nfiles", "")),
+            "dvc_pushed": str(pushed)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sentimentops version", description=__doc__)
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--remote", help="override the profile's DVC remote")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    settings = load_settings(VersionSettings, flags(args, "remote"))
+    if not any(args.dataset.glob("*.parquet")):
+        print(f"version: {args.dataset} holds no parquet files", file=sys.stderr)
+        return 2
+    refs = snapshot(args.dataset, settings)
+    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(settings.workspace / f"{TRACKED}.dvc", args.out / "dataset.dvc")
+    print(f"version: dataset {refs['dvc_md5']} ({refs['dvc_pushed']} new objects pushed to {settings.remote})")
+    write_manifest(args.out, "version", inputs={"dataset": args.dataset}, outputs={"pointer": "dataset.dvc"},
+                   params={"remote": settings.remote}, metrics={"pushed_objects": float(refs["dvc_pushed"])},
+                   refs=refs)
+    return 0
