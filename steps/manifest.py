@@ -94,11 +94,13 @@ def read_manifest(folder: Path) -> Manifest:
 
 
 def reusable(out_dir: Path, step: str, inputs: dict[str, Path], params: dict[str, Any]) -> Manifest | None:
-    """The existing manifest when `out_dir` already holds this step's output for the same inputs and params."""
+    """The existing manifest when `out_dir` already holds this step's output for the same inputs and params
+    (every given param equal to the recorded one)."""
     try:
         old = read_manifest(out_dir)
     except (FileNotFoundError, ValueError):
         return None
     same_inputs = old.inputs == {name: hash_dir(p) for name, p in inputs.items()}
-    same_params = json.loads(json.dumps(params, default=str)) == old.params
+    wanted = json.loads(json.dumps(params, default=str))
+    same_params = all(old.params.get(key) == value for key, value in wanted.items())
     return old if old.step == step and same_inputs and same_params else None

@@ -1,0 +1,32 @@
+"""The MLflow pyfunc logged at registration (MLflow "models from code": this file is copied into the model, so
+loading it needs neither this package nor cloudpickle). It wraps the saved Hugging Face folder.
+
+Input: a DataFrame with a `text` column (or a list of strings). Output: a DataFrame with `label` (negative/positive)
+and `probability` (of positive).
+"""
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class SentimentPyfunc(PythonModel):
+    def load_context(self, context) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        folder = context.artifacts["model_dir"]
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        import torch
+
+        texts = model_input["text"].tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
+        batch = self.tokenizer(texts, truncation=True, max_length=512, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(**batch).logits.float(), dim=-1)[:, 1].numpy()
+        return pd.DataFrame({"label": ["positive" if p >= 0.5 else "negative" for p in probs], "probability": probs})
+
+
+mlflow.models.set_model(SentimentPyfunc())
