@@ -1,0 +1,240 @@
+"""Data tests for the validate stage: each expectation rejects a crafted bad frame; real IMDB samples pass."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from steps.validate import ValidateSettings, ValidationResult, main, validate_dataset
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+N = 40  # rows per crafted split: enough for 2.5%-granular shares, small enough to stay fast
+IMDB = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "imdb"
+
+
+def imdb_sample(split: str) -> pd.DataFrame:
+    """The shared IMDB samples live beside the checkout (`<repo root>/../shared/data`), not in it."""
+    path = IMDB / f"sample_{split}.parquet"
+    if not path.is_file():
+        pytest.skip(f"shared IMDB sample {path} is not on this machine")
+    return pd.read_parquet(path)
+
+
+def good(n: int = N, prefix: str = "review") -> pd.DataFrame:
+    """Distinct, balanced, plausible reviews; `prefix` keeps splits disjoint (no leakage)."""
+    return pd.DataFrame({
+        "text": [f"{prefix} {i}: the film was {'great' if i % 2 else 'dull'} and the cast did fine work"
+                 for i in range(n)],
+        "label": pd.Series([i % 2 for i in range(n)], dtype="int64"),
+        "extra": range(n),  # extra columns are allowed by the contract
+    })
+
+
+def settings(**overrides) -> ValidateSettings:
+    base = {"splits": ["train"], "overlap_pairs": [], "min_rows": 10}
+    return ValidateSettings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def run():
+    """validate_dataset on one `train` frame; the GX import (~2.7 s) happens once per module."""
+    def _run(frame: pd.DataFrame, **overrides) -> ValidationResult:
+        return validate_dataset({"train": frame}, settings(**overrides))
+    return _run
+
+
+def failed(result: ValidationResult) -> set[str]:
+    return {o.name for o in result.failures}
+
+
+def test_good_frame_passes_every_expectation(run):
+    result = run(good())
+    assert result.success, [o.message for o in result.failures]
+    assert len(result.outcomes) == 13 and result.rows == {"train": N}
+    assert {o.engine for o in result.outcomes} == {"great_expectations"}
+
+
+def with_text(index: int, value) -> pd.DataFrame:
+    frame = good()
+    frame["text"] = frame["text"].astype(object)
+    frame.loc[index, "text"] = value
+    return frame
+
+
+@pytest.mark.parametrize(("frame", "expected_failures"), [
+    pytest.param(with_text(3, None), {"text_not_null"}, id="null text"),
+    pytest.param(with_text(3, "   \n\t"), {"text_not_blank"}, id="whitespace-only text"),
+    pytest.param(with_text(3, ""), {"text_not_blank", "text_length"}, id="empty text"),
+    pytest.param(with_text(3, 12345), {"text_type"}, id="number in text"),
+    pytest.param(with_text(3, "x" * 100_001), {"text_length"}, id="text over 100k characters"),
+])
+def test_bad_text_is_rejected(run, frame, expected_failures):
+    assert failed(run(frame)) == expected_failures
+
+
+def test_text_length_bounds_are_configurable(run):
+    assert failed(run(good(), text_length_min=70)) == {"text_length"}
+    assert failed(run(good(), text_length_max=10)) == {"text_length"}
+
+
+def test_mean_and_median_length_bounds(run):
+    short = pd.DataFrame({"text": [f"ok {i}" for i in range(N)], "label": [i % 2 for i in range(N)]})
+    assert failed(run(short)) == {"text_length_mean", "text_length_median"}
+    # One 90k-character text drags the mean over 2,000 but leaves the median alone.
+    outlier = with_text(0, "y" * 90_000)
+    assert failed(run(outlier, typical_length_max=2000)) == {"text_length_mean"}
+
+
+def test_third_label_is_rejected(run):
+    frame = good()
+    frame.loc[0, "label"] = 2
+    result = run(frame)
+    assert failed(result) == {"label_in_set"}
+    outcome = next(o for o in result.failures)
+    assert outcome.observed == 1 and "2" in outcome.message
+
+
+def test_null_label_is_rejected(run):
+    frame = good()
+    frame["label"] = frame["label"].astype("float64")
+    frame.loc[0, "label"] = None
+    # A NaN also turns the dtype to float64: both the null and the type expectation catch it.
+    assert failed(run(frame)) == {"label_not_null", "label_type"}
+
+
+def test_string_labels_are_rejected(run):
+    frame = good()
+    frame["label"] = frame["label"].map({0: "neg", 1: "pos"})
+    assert {"label_type", "label_in_set", "label_balance"} <= failed(run(frame))
+
+
+def test_ninety_ten_split_fails_label_balance(run):
+    frame = good()
+    frame["label"] = [0 if i < N // 10 else 1 for i in range(N)]  # 10% negative
+    result = run(frame)
+    assert failed(result) == {"label_balance"}
+    assert result.failures[0].observed == pytest.approx(0.9)
+
+
+def test_heavy_duplicates_fail_and_whitespace_variants_count(run):
+    frame = good()
+    frame.loc[:9, "text"] = "the same review"  # 10 identical rows -> 9 duplicates of 40 = 22.5%
+    result = run(frame)
+    assert failed(result) == {"duplicate_share"}
+    assert result.failures[0].observed == pytest.approx(9 / N)
+    # IMDB-like 1 duplicate in 40 (2.5%) fails the 2% default; a spacing variant is still a duplicate.
+    frame = good()
+    frame.loc[1, "text"] = "  " + frame.loc[0, "text"].replace(" ", "  \n") + " "
+    assert failed(run(frame)) == {"duplicate_share"}
+    assert not failed(run(frame, max_duplicate_share=0.05))
+
+
+def test_too_few_rows(run):
+    assert failed(run(good(5))) == {"row_count"}
+
+
+def test_missing_column_fails_without_raising(run):
+    result = run(good().drop(columns="label"))
+    assert {"columns_present", "label_type", "label_not_null", "label_in_set", "label_balance"} == failed(result)
+    assert all("not evaluated" in o.message for o in result.failures if o.name != "columns_present")
+
+
+def test_overlap_between_train_and_test():
+    train, test = good(prefix="train"), good(prefix="test")
+    # 2 of 40 test texts (5%) appear in train, one with different spacing: leakage above the 1% bound.
+    test.loc[0, "text"] = train.loc[5, "text"]
+    test.loc[1, "text"] = "\t" + train.loc[6, "text"].replace(" ", "   ") + "\n"
+    frames = {"train": train, "validation": good(prefix="val"), "test": test}
+    result = validate_dataset(frames, ValidateSettings(min_rows=10))
+    assert [(o.name, o.split) for o in result.failures] == [("overlap_share", "train/test")]
+    assert result.failures[0].observed == pytest.approx(2 / N) and result.failures[0].engine == "pandas"
+    assert validate_dataset(frames, ValidateSettings(min_rows=10, max_overlap_share=0.1)).success
+
+
+def test_missing_split_is_a_programming_error():
+    with pytest.raises(ValueError, match="validation"):
+        validate_dataset({"train": good(), "test": good()}, ValidateSettings())
+
+
+def test_inconsistent_settings_are_rejected():
+    with pytest.raises(ValueError):
+        ValidateSettings(label_mean_min=0.7, label_mean_max=0.6)
+    with pytest.raises(ValueError, match="overlap_pairs"):
+        ValidateSettings(splits=["train"], overlap_pairs=[("train", "test")])
+
+
+def test_real_imdb_samples_pass():
+    train, test = imdb_sample("train"), imdb_sample("test")
+    result = validate_dataset({"train": train, "test": test},
+                              ValidateSettings(splits=["train", "test"], overlap_pairs=[("train", "test")]))
+    assert result.success, [o.message for o in result.failures]
+    assert result.rows == {"train": len(train), "test": len(test)}
+
+
+def write_dataset(folder: Path, frames: dict[str, pd.DataFrame]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, frame in frames.items():
+        frame.to_parquet(folder / f"{split}.parquet")
+    return folder
+
+
+def good_dataset(folder: Path) -> Path:
+    return write_dataset(folder, {s: good(prefix=s) for s in ("train", "validation", "test")})
+
+
+def test_cli_good_dataset_exits_0_and_writes_every_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--dataset", str(good_dataset(tmp_path / "ds")), "--out", str(out), "--min-rows", "10"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "report.html", "report.json", "report.md"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["step"] == "validate" and manifest["inputs"]["dataset"].startswith("sha256:")
+    assert manifest["metrics"]["failed_expectations"] == 0 and manifest["metrics"]["rows"] == 3 * N
+    assert manifest["params"]["min_rows"] == 10
+    assert json.loads((out / "report.json").read_text())["success"] is True
+    assert "passed" in capsys.readouterr().err
+    # Same inputs and params: the output is reused, and the exit code still says pass.
+    assert main(["--dataset", str(tmp_path / "ds"), "--out", str(out), "--min-rows", "10"]) == 0
+    assert "reusing" in capsys.readouterr().err
+
+
+def test_cli_bad_dataset_exits_1_with_readable_summary(tmp_path, capsys):
+    dataset = good_dataset(tmp_path / "ds")
+    train = good(prefix="train")
+    train["label"] = [0 if i < N // 10 else 1 for i in range(N)]
+    write_dataset(dataset, {"train": train})
+    out = tmp_path / "out"
+    assert main(["--dataset", str(dataset), "--out", str(out), "--min-rows", "10"]) == 1
+    err = capsys.readouterr().err
+    assert "[train] label_balance: observed 0.9" in err and "Traceback" not in err
+    assert {"report.md", "report.html", "report.json", "manifest.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["failed_expectations"] == 1
+
+
+def test_cli_help_lists_the_threshold_flags(capsys):
+    # Regression: a "%" in a Field description (e.g. "0.4%") crashed argparse's help formatting.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--max-duplicate-share" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("breakage", ["no folder", "no test file", "no label column", "not parquet"])
+def test_cli_unusable_input_exits_2(tmp_path, capsys, breakage):
+    dataset = tmp_path / "ds"
+    if breakage != "no folder":
+        good_dataset(dataset)
+    if breakage == "no test file":
+        (dataset / "test.parquet").unlink()
+    if breakage == "no label column":
+        write_dataset(dataset, {"test": good().drop(columns="label")})
+    if breakage == "not parquet":
+        (dataset / "test.parquet").write_text("text,label\n")
+    assert main(["--dataset", str(dataset), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("validate: unusable input:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "manifest.json").exists()
