@@ -1,0 +1,7 @@
+"""`python -m workflows ...` = `sentimentops render|run|pipeline|check ...`."""
+
+import sys
+
+from workflows.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""`sentimentops render|run|pipeline|check`: thin argument parsing over workflows.render, local_runner and
+schema_check.
+
+  render [--check] [--out-dir DIR]
+  run --run-dir DIR [--template PATH] [-p key=value ...] [--stop-after TASK] [--env KEY=VAL ...]
+  pipeline ...            same as `run` (what `sentimentops pipeline` dispatches here; `pipeline run ...` too)
+  check FILE...           strict schema + semantic checks of any manifest file (multi-document YAML)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from workflows import render
+from workflows.expressions import ExpressionError
+from workflows.spec import SpecError
+
+DEFAULT_TEMPLATE = render.RENDERED_DIR / "sentiment-training.yaml"
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentimentops", description="Render, check and run the Argo workflows.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    render.add_arguments(sub.add_parser("render", help="write workflows/rendered/*.yaml (or --check them)"))
+    for name in ("run", "pipeline"):
+        p = sub.add_parser(name, help="run a rendered workflow's DAG locally, one subprocess per task")
+        p.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE,
+                       help=f"rendered Workflow/WorkflowTemplate YAML (default: {DEFAULT_TEMPLATE.name})")
+        p.add_argument("--run-dir", type=Path, required=True,
+                       help="run folder: outputs, logs, status.json; re-using it resumes and reuses steps")
+        p.add_argument("-p", "--parameter", dest="parameters", type=_key_value, action="append", default=[],
+                       metavar="KEY=VALUE", help="override a workflow parameter, like `argo submit -p`")
+        p.add_argument("--stop-after", metavar="TASK", help="stop once TASK has succeeded (resume later)")
+        p.add_argument("--env", dest="env", type=_key_value, action="append", default=[], metavar="KEY=VAL",
+                       help="extra environment for every task (over the template's env)")
+    check = sub.add_parser("check", help="strict schema + semantic checks of manifest files")
+    check.add_argument("files", nargs="+", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["pipeline", "run"]:  # `sentimentops pipeline run ...` reads naturally too
+        argv = argv[1:]
+    args = _parser().parse_args(argv)
+    if args.command == "render":
+        return render.handle(args)
+    if args.command == "check":
+        return _check(args.files)
+    from workflows.local_runner import run  # imported late: `render` must not pay for the runner
+
+    try:
+        result = run(args.template, args.run_dir, dict(args.parameters), dict(args.env), args.stop_after)
+    except (SpecError, ExpressionError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return result.exit_code
+
+
+def _check(files: list[Path]) -> int:
+    from workflows.schema_check import check_file
+
+    problems = [p for f in files for p in check_file(f)]
+    for problem in problems:
+        print(problem)
+    print(f"{len(files)} file(s) checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Execute a rendered Argo DAG on this machine: the same YAML the cluster runs, one subprocess per task.
+
+Run folder layout (RUN = --run-dir):
+  RUN/status.json                    workflow phase, parameters, and per task: phase, started, finished, argv, ...
+  RUN/<task>/log.txt                 the task's merged stdout+stderr
+  RUN/<task>/outputs/<artifact>/     each output artifact folder; a consumer's input path points here (no copy)
+
+Tasks run one at a time in dependency order (a 2-core laptop gains nothing from running stages side by side).
+A task is reused, not re-run, when its fingerprint (substituted argv + env overrides + content hash of its
+input folders) equals the one recorded by a previous successful run in the same folder and its outputs
+exist: a failed or `--stop-after` run resumes where it stopped. retryStrategy is not applied locally: a
+local failure is reported at once, and re-running resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from workflows.expressions import ExpressionError, evaluate_when
+from workflows.process import run_streaming
+from workflows.spec import (
+    ContainerTemplate,
+    DagTask,
+    SpecError,
+    WorkflowSpec,
+    depends_satisfied,
+    load_spec,
+    substitute,
+    topological_order,
+)
+
+_FROM = re.compile(r"^\{\{\s*tasks\.([^.{}]+)\.outputs\.artifacts\.([^.{}]+)\s*\}\}$")
+DONE = ("Succeeded", "Reused")
+
+
+@dataclass
+class TaskRecord:
+    """One task's state; serialised into status.json after every transition."""
+
+    name: str
+    phase: str = "Pending"  # Pending Running Succeeded Reused Failed Skipped Omitted
+    started: str | None = None
+    finished: str | None = None
+    argv: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    log: str | None = None
+    fingerprint: str | None = None
+    message: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)  # output parameter -> value
+
+
+@dataclass(frozen=True)
+class RunResult:
+    phase: str  # Succeeded | Failed | Stopped
+    run_dir: Path
+    workflow_name: str
+    parameters: dict[str, str]
+    tasks: dict[str, TaskRecord]
+    failed_task: str | None = None
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.phase == "Failed" else 0
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A task fully resolved against the run folder: what to execute and what it reads and writes."""
+
+    argv: list[str]
+    env: dict[str, str]  # template env (substituted) + --env overrides
+    inputs: dict[str, Path]
+    outputs: dict[str, Path]
+    output_parameters: dict[str, tuple[Path, str | None]]
+
+    def fingerprint(self) -> str:
+        payload = {
+            "argv": self.argv,
+            "env": sorted(self.env.items()),
+            "inputs": {name: hash_dir(path) for name, path in sorted(self.inputs.items())},
+        }
+        return "sha256:" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def hash_dir(path: Path) -> str:
+    """Content hash of a folder (relative paths + bytes), independent of mtimes and of where it lives."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def resolve_parameters(spec: WorkflowSpec, overrides: Mapping[str, str]) -> dict[str, str]:
+    """Template defaults overridden like `argo submit -p`; an unknown name or a value outside enum is an error."""
+    unknown = sorted(set(overrides) - set(spec.parameters))
+    if unknown:
+        raise SpecError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(spec.parameters)}")
+    params = {**spec.parameters, **overrides}
+    for name, allowed in spec.enums.items():
+        if params[name] not in allowed:
+            raise SpecError(f"parameter {name}={params[name]!r} is not one of {', '.join(allowed)}")
+    return params
+
+
+class _Run:
+    def __init__(self, spec: WorkflowSpec, run_dir: Path, params: dict[str, str], env: Mapping[str, str],
+                 workflow_name: str, out: TextIO) -> None:
+        self.spec, self.run_dir, self.params, self.cli_env, self.out = spec, run_dir, params, dict(env), out
+        self.workflow_name = workflow_name
+        self.records = {t.name: TaskRecord(t.name) for t in spec.tasks}
+        self.previous = self._load_previous()
+
+    def _load_previous(self) -> dict[str, dict]:
+        try:
+            return json.loads((self.run_dir / "status.json").read_text())["tasks"]
+        except (FileNotFoundError, KeyError, json.JSONDecodeError):
+            return {}
+
+    def save(self, phase: str) -> None:
+        status = {
+            "workflow": self.workflow_name,
+            "template": str(self.spec.source) if self.spec.source else None,
+            "phase": phase,
+            "parameters": self.params,
+            "tasks": {name: asdict(rec) for name, rec in self.records.items()},
+        }
+        tmp = self.run_dir / "status.json.tmp"
+        tmp.write_text(json.dumps(status, indent=2) + "\n")
+        os.replace(tmp, self.run_dir / "status.json")  # readers never see a half-written file
+
+    def say(self, rec: TaskRecord, detail: str = "") -> None:
+        self.out.write(f"[runner] {rec.name:<12} {rec.phase}{'  ' + detail if detail else ''}\n")
+        self.out.flush()
+
+    def values(self) -> dict[str, str]:
+        """Variables visible to DAG-level fields (task arguments, `when`)."""
+        vals = {"workflow.name": self.workflow_name, "workflow.namespace": "local"}
+        vals |= {f"workflow.parameters.{k}": v for k, v in self.params.items()}
+        for rec in self.records.values():
+            if rec.phase in DONE + ("Failed", "Skipped", "Omitted"):
+                vals[f"tasks.{rec.name}.status"] = "Succeeded" if rec.phase == "Reused" else rec.phase
+            vals |= {f"tasks.{rec.name}.outputs.parameters.{k}": v for k, v in rec.outputs.items()}
+        return vals
+
+    def invocation(self, task: DagTask, tpl: ContainerTemplate, dag_values: dict[str, str]) -> Invocation:
+        where = f"task {task.name}"
+        inputs: dict[str, Path] = {}
+        for name in tpl.input_artifacts:
+            ref = task.artifacts.get(name)
+            m = _FROM.match(ref or "")
+            if m is None:
+                raise SpecError(f"{where}: input artifact {name} needs from: '{{{{tasks.X.outputs.artifacts.Y}}}}'")
+            producer, art = m.groups()
+            if producer not in self.records or self.records[producer].phase not in DONE:
+                raise SpecError(f"{where}: input artifact {name} comes from {producer}, which has not succeeded")
+            if art not in self.spec.templates[self._template_of(producer)].output_artifacts:
+                raise SpecError(f"{where}: task {producer} has no output artifact {art}")
+            inputs[name] = self.run_dir / producer / "outputs" / art
+        outputs = {name: self.run_dir / task.name / "outputs" / name for name in tpl.output_artifacts}
+        values = dict(dag_values)
+        for name, default in tpl.input_parameters.items():
+            if name in task.parameters:
+                values[f"inputs.parameters.{name}"] = substitute(task.parameters[name], dag_values, where)
+            elif default is not None:
+                values[f"inputs.parameters.{name}"] = default
+            else:
+                raise SpecError(f"{where}: input parameter {name} has no argument and no default")
+        values |= {f"inputs.artifacts.{k}.path": str(p) for k, p in inputs.items()}
+        values |= {f"outputs.artifacts.{k}.path": str(p) for k, p in outputs.items()}
+        # Container paths written literally (not via {{...path}}) are mapped too, longest path first.
+        mounts = sorted([(tpl.input_artifacts[k], p) for k, p in inputs.items()]
+                        + [(tpl.output_artifacts[k], p) for k, p in outputs.items()], key=lambda m: -len(m[0]))
+
+        def local(text: str) -> str:
+            for container_path, path in mounts:
+                if text == container_path or text.startswith(container_path + "/"):
+                    return str(path) + text[len(container_path):]
+            return text
+
+        out_params: dict[str, tuple[Path, str | None]] = {}
+        for name, (path, default) in tpl.output_parameters.items():
+            mapped = local(path)
+            if mapped == path:
+                raise SpecError(f"{where}: output parameter {name} path {path} is not inside an artifact folder")
+            out_params[name] = (Path(mapped), default)
+        argv = [local(substitute(a, values, where)) for a in (*tpl.command, *tpl.args)]
+        env = {k: local(substitute(v, values, where)) for k, v in tpl.env} | self.cli_env
+        return Invocation(argv, env, inputs, outputs, out_params)
+
+    def _template_of(self, task_name: str) -> str:
+        return next(t.template for t in self.spec.tasks if t.name == task_name)
+
+    def read_outputs(self, inv: Invocation) -> dict[str, str]:
+        missing = [f"{k} ({p})" for k, p in inv.outputs.items() if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"output artifact(s) not written: {', '.join(missing)}")
+        values = {}
+        for name, (path, default) in inv.output_parameters.items():
+            if path.is_file():
+                values[name] = path.read_text().strip()  # Argo trims the file's whitespace too
+            elif default is not None:
+                values[name] = default
+            else:
+                raise FileNotFoundError(f"output parameter {name}: {path} not written")
+        return values
+
+    def reusable(self, rec: TaskRecord, inv: Invocation) -> bool:
+        prev = self.previous.get(rec.name) or {}
+        return (prev.get("phase") in DONE and prev.get("fingerprint") == rec.fingerprint
+                and all(p.exists() for p in inv.outputs.values()))
+
+    def execute(self, task: DagTask, rec: TaskRecord, inv: Invocation) -> None:
+        task_dir = self.run_dir / task.name
+        # Nothing half-written from an earlier attempt may survive into this one's outputs.
+        shutil.rmtree(task_dir / "outputs", ignore_errors=True)
+        (task_dir / "outputs").mkdir(parents=True)
+        rec.phase, rec.started, rec.log = "Running", _now(), str(task_dir / "log.txt")
+        self.save("Running")
+        self.say(rec, f"$ {shlex.join(inv.argv)}")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **inv.env}
+        result = run_streaming(task.name, inv.argv, env, task_dir / "log.txt", self.out)
+        rec.exit_code, rec.finished = result.exit_code, _now()
+        if result.exit_code != 0:
+            rec.phase, rec.message = "Failed", f"exit code {result.exit_code}; log: {rec.log}"
+            return
+        try:
+            rec.outputs = self.read_outputs(inv)
+            rec.phase, rec.message = "Succeeded", f"in {result.seconds:.1f}s"
+        except FileNotFoundError as exc:
+            rec.phase, rec.message = "Failed", f"{exc}; log: {rec.log}"
+
+    def step(self, task: DagTask, rec: TaskRecord) -> None:
+        """Decide Skipped / Reused / run for a task whose dependencies are satisfied."""
+        dag_values = self.values()
+        when = substitute(task.when, dag_values, f"task {task.name} when") if task.when else None
+        if when is not None and not evaluate_when(when):
+            rec.phase, rec.message = "Skipped", f"when false: {when}"
+            return
+        inv = self.invocation(task, self.spec.templates[task.template], dag_values)
+        rec.argv, rec.fingerprint = inv.argv, inv.fingerprint()
+        if self.reusable(rec, inv):
+            prev = self.previous[task.name]
+            rec.phase, rec.started, rec.finished = "Reused", prev.get("started"), prev.get("finished")
+            rec.outputs, rec.log, rec.exit_code = self.read_outputs(inv), prev.get("log"), 0
+            rec.message = "fingerprint unchanged"
+        else:
+            self.execute(task, rec, inv)
+
+    def run(self, stop_after: str | None) -> RunResult:
+        self.save("Running")
+        plan = " -> ".join(t.name for t in topological_order(self.spec))
+        self.out.write(f"[runner] workflow {self.workflow_name}: {plan} (run folder {self.run_dir})\n")
+        failed: str | None = None
+        stopped = False
+        for task in topological_order(self.spec):
+            rec = self.records[task.name]
+            if stopped:
+                continue  # stays Pending: a later run resumes here
+            if failed and self.spec.fail_fast:
+                rec.phase, rec.message = "Omitted", f"not started: {failed} failed"
+            elif not depends_satisfied(task, {n: r.phase for n, r in self.records.items()}):
+                rec.phase, rec.message = "Omitted", f"depends not satisfied: {task.depends}"
+            else:
+                try:
+                    self.step(task, rec)
+                except (SpecError, ExpressionError, OSError) as exc:
+                    # A bad `when`, an unknown variable, a missing executable: the task fails, visibly.
+                    rec.phase, rec.finished, rec.message = "Failed", _now(), str(exc)
+            if rec.phase == "Failed":
+                failed = failed or task.name
+            self.say(rec, rec.message)
+            self.save("Running")
+            if task.name == stop_after and rec.phase in DONE:
+                stopped = True
+        phase = "Failed" if failed else "Stopped" if stopped else "Succeeded"
+        message = (f"task {failed} failed: {self.records[failed].message}" if failed
+                   else f"stopped after {stop_after}" if stopped else "all tasks done")
+        self.save(phase)
+        self.out.write(f"[runner] workflow {self.workflow_name} {phase}: {message}\n")
+        self.out.flush()
+        return RunResult(phase, self.run_dir, self.workflow_name, self.params, self.records, failed, message)
+
+
+def local_workflow_name(spec: WorkflowSpec, run_dir: Path) -> str:
+    """Stable per run folder (it is part of every task's env, hence of the fingerprints)."""
+    suffix = re.sub(r"[^a-z0-9-]+", "-", run_dir.resolve().name.lower()).strip("-") or "run"
+    return f"{spec.name}-{suffix}"[:63].rstrip("-")
+
+
+def run(
+    template: Path,
+    run_dir: Path,
+    parameters: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stop_after: str | None = None,
+    out: TextIO | None = None,
+    workflow_name: str | None = None,
+) -> RunResult:
+    """Run the DAG of a rendered Workflow/WorkflowTemplate; raises SpecError before starting anything if the
+    spec, a parameter or `stop_after` is invalid."""
+    spec = load_spec(template)
+    params = resolve_parameters(spec, parameters or {})
+    if stop_after is not None and stop_after not in {t.name for t in spec.tasks}:
+        raise SpecError(f"--stop-after {stop_after}: no such task ({', '.join(t.name for t in spec.tasks)})")
+    topological_order(spec)  # reject cycles and unknown dependencies before any side effect
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = workflow_name or local_workflow_name(spec, run_dir)
+    return _Run(spec, run_dir, params, env or {}, name, out or sys.stdout).run(stop_after)
