@@ -46,10 +46,12 @@ def _fix_int_or_string(root: dict) -> None:
 
 
 def _fix_webhook_url(root: dict) -> None:
-    # Argo Events requires WebhookContext.url, but its own webhook example omits it and works.
-    ctx = root.get("definitions", {}).get("io.argoproj.events.v1alpha1.WebhookContext", {})
-    if "url" in ctx.get("required", []):
-        ctx["required"] = [r for r in ctx["required"] if r != "url"]
+    # Argo Events requires `url` on a webhook (WebhookContext and WebhookEventSource, which inlines it), but
+    # its own webhook example omits it and works.
+    for name in ("WebhookContext", "WebhookEventSource"):
+        ctx = root.get("definitions", {}).get(f"io.argoproj.events.v1alpha1.{name}", {})
+        if "url" in ctx.get("required", []):
+            ctx["required"] = [r for r in ctx["required"] if r != "url"]
 
 
 def _fix_inline_regex_flags(node: object) -> None:
