@@ -26,7 +26,7 @@ from steps.tracking import alias_version, download_model_dir, mlflow_run
 class EvaluateSettings(CommonSettings):
     section: ClassVar[str] = "evaluate"
     batch_size: int = Field(64, ge=1)
-    max_length: int = Field(512, ge=8, le=512)
+    max_length: int = Field(0, ge=0, le=512, description="Tokens per review; 0 = the length the model was trained with.")
     precision: str = Field("auto", pattern="^(auto|bf16|fp16|fp32)$")
     num_threads: int = Field(0, ge=0)
     compare_champion: bool = Field(True, description="Also score the current champion on the same test rows.")
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, KeyError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
+    if not settings.max_length:
+        settings.max_length = int(read_manifest(args.model).params.get("max_length", 512))
     args.out.mkdir(parents=True, exist_ok=True)
     challenger = compute_metrics(test["label"].to_numpy(), score(args.model / "model", test["text"].tolist(), settings))
     champion, champion_version = champion_metrics(settings, test)

@@ -44,6 +44,8 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, poli
         decision.reasons.append("challenger metrics are missing or not finite")
         return decision
     if challenger_is_champion:
+        # A re-run after a crash past the alias move: report the promotion again so the rollout still follows.
+        decision.promote = True
         decision.checks["already_champion"] = True
         decision.reasons.append("this version is already the champion")
         return decision

@@ -95,7 +95,7 @@ def register(model_out: Path, evaluation: Path, version_out: Path, settings: Reg
     print(f"register: {decision.summary()}", flush=True)
     champion_now = alias_version(settings, "champion")
     return {"version": str(version), "run_id": run_id, "decision": decision, "model_hash": model_hash,
-            "champion_version": champion_now.version if champion_now else None,
+            "champion_version": str(champion_now.version) if champion_now else None,
             "policy": policy.model_dump()}
 
 

@@ -84,10 +84,14 @@ def alias_version(settings: CommonSettings, alias: str):
 def download_model_dir(settings: CommonSettings, uri: str, dest: Path) -> Path:
     """Downloads a registered pyfunc (`models:/name@alias`, `models:/name/3`) and returns its Hugging Face folder."""
     import mlflow
+    import yaml
 
     configure(settings)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    folder = local / "artifacts" / MODEL_DIR_KEY
+    # The MLmodel file says where the pyfunc keeps each artifact (named after the logged folder, not the key).
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    relative = mlmodel["flavors"]["python_function"]["artifacts"][MODEL_DIR_KEY]["path"]
+    folder = local / relative
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{uri} has no Hugging Face model folder at artifacts/{MODEL_DIR_KEY}")
+        raise FileNotFoundError(f"{uri}: no Hugging Face model folder at {relative}")
     return folder

@@ -1,0 +1,51 @@
+"""`sentimentops predict`: send reviews to a running predictor (V1 protocol) and print each prediction."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def post_json(url: str, body: dict, timeout: float = 30.0) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_ready(base_url: str, model: str, timeout_s: float) -> bool:
+    """Polls the V2 readiness endpoint (503 until the model loaded and warmed up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/v2/models/{model}/ready", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def predict(base_url: str, model: str, texts: list[str]) -> list[dict]:
+    return post_json(f"{base_url}/v1/models/{model}:predict", {"instances": texts})["predictions"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sentimentops predict", description=__doc__)
+    parser.add_argument("texts", nargs="+", help="reviews to classify")
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--model", default="sentiment")
+    parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for readiness first")
+    args = parser.parse_args(argv)
+    if args.wait and not wait_ready(args.url, args.model, args.wait):
+        print(f"predict: {args.url} was not ready within {args.wait:.0f} s", file=sys.stderr)
+        return 1
+    for text, pred in zip(args.texts, predict(args.url, args.model, args.texts), strict=True):
+        short = text if len(text) <= 60 else text[:57] + "..."
+        print(f"{pred['label']:>8}  p(positive)={pred['probability']:.3f}  "
+              f"{pred['model_name']} v{pred['model_version']}  {short!r}")
+    return 0
