@@ -16,15 +16,18 @@ STAGES = {
     "register": "steps.register",
     "serve": "steps.serve.server",
     "predict": "steps.serve.client",
+    "quickstart": "steps.quickstart",
 }
 # Orchestration commands live in workflows/ (which knows the stages only through this CLI).
-WORKFLOW_COMMANDS = {"render", "pipeline"}
+WORKFLOW_COMMANDS = {"render", "pipeline", "check"}
 
 USAGE = """usage: sentimentops <command> [flags]
 
 stages:     ingest validate version train evaluate register
 serving:    serve (the KServe predictor), predict (send reviews to a running server)
-workflows:  render [--check] (write the Argo YAML), pipeline run ... (run the rendered DAG locally)
+demo:       quickstart (the main job: the whole DAG locally, then a served prediction)
+workflows:  render [--check] (write the Argo YAML), pipeline run ... (run the rendered DAG locally),
+            check FILE... (strict schema checks of manifests)
 Run `sentimentops <command> --help` for a command's flags."""
 
 

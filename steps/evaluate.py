@@ -49,7 +49,7 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.
     # ROC-AUC is undefined with one class present; report 0.5 (chance) rather than failing the step.
     auc = float(roc_auc_score(labels, probs)) if len(set(labels.tolist())) == 2 else 0.5
     return Metrics(accuracy=float(accuracy_score(labels, preds)), f1=float(f1_score(labels, preds, zero_division=0)),
-                   roc_auc=auc, rows=int(len(labels)),
+                   roc_auc=auc, rows=len(labels),
                    confusion=confusion_matrix(labels, preds, labels=[0, 1]).tolist())
 
 

@@ -30,6 +30,10 @@ class Decision:
         return ("promote: " if self.promote else "keep champion: ") + "; ".join(self.reasons)
 
 
+# Metrics are ratios of counts: compare with a tolerance so 0.80 + 0.05 "reaches" 0.85 (binary floats do not).
+EPS = 1e-9
+
+
 def _finite(*values: float) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
@@ -50,8 +54,8 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, poli
         decision.reasons.append("this version is already the champion")
         return decision
     need = policy.baseline_accuracy + policy.min_gain_over_baseline
-    decision.checks["beats_baseline"] = acc >= need
-    if acc < need:
+    decision.checks["beats_baseline"] = acc + EPS >= need
+    if not decision.checks["beats_baseline"]:
         decision.reasons.append(f"accuracy {acc:.4f} below the baseline {policy.baseline_accuracy:.4f}"
                                 f" + margin {policy.min_gain_over_baseline:.4f}")
         return decision
@@ -66,8 +70,8 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, poli
         decision.reasons.append("the champion could not be scored on these test rows")
         return decision
     gain = acc - champ_acc
-    decision.checks["beats_champion"] = gain >= policy.min_gain_over_champion
-    decision.checks["f1_within_tolerance"] = f1 >= champ_f1 - policy.max_f1_drop
+    decision.checks["beats_champion"] = gain + EPS >= policy.min_gain_over_champion
+    decision.checks["f1_within_tolerance"] = f1 + EPS >= champ_f1 - policy.max_f1_drop
     if not decision.checks["beats_champion"]:
         decision.reasons.append(f"accuracy gain over the champion {gain:+.4f} < required "
                                 f"{policy.min_gain_over_champion:+.4f}")

@@ -49,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings(ServeSettings, {"port": args.port})
     if args.model_uri:
+        from mlflow.exceptions import MlflowException
+
         try:
             folder, info = resolve(args.model_uri, settings, settings.home / "serving-cache")
-        except Exception as err:  # the registry says why (no such alias, no such model): say it, exit non-zero
+        except (MlflowException, OSError, ValueError, KeyError) as err:  # no such alias/model/artifact: say so
             print(f"serve: cannot resolve {args.model_uri}: {err}", file=sys.stderr)
             return 2
         info = ModelInfo(name=args.model_name, version=info.version, run_id=info.run_id)

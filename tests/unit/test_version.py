@@ -1,0 +1,62 @@
+"""version: a real DVC project with a local remote; identical data changes nothing; the snapshot comes back."""
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import yaml
+
+from steps.config import load_settings
+from steps.manifest import read_manifest
+from steps.version import VersionSettings, open_workspace, snapshot
+from steps.version import main as version_main
+
+
+def write_dataset(folder, texts):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "validation", "test"):
+        pd.DataFrame({"text": [t if split == "train" else f"{split}: {t}" for t in texts],
+                      "label": [i % 2 for i in range(len(texts))]}).to_parquet(
+            folder / f"{split}.parquet", index=False)
+    return folder
+
+
+def remote_files(home):
+    return sorted(p.relative_to(home) for p in (home / "dvc-remote").rglob("*") if p.is_file())
+
+
+def test_snapshot_push_rerun_and_pull(home, tmp_path):
+    dataset = write_dataset(tmp_path / "ds", ["good film", "bad film"])
+    out = tmp_path / "out"
+    assert version_main(["--dataset", str(dataset), "--out", str(out)]) == 0
+    first = read_manifest(out)
+    assert first.refs["dvc_md5"].endswith(".dir") and first.refs["dvc_pushed"] == "4"  # 3 files + the .dir
+    assert yaml.safe_load((out / "dataset.dvc").read_text())["outs"][0]["md5"] == first.refs["dvc_md5"]
+    before = remote_files(home)
+
+    assert version_main(["--dataset", str(dataset), "--out", str(out)]) == 0
+    again = read_manifest(out)
+    assert again.refs["dvc_md5"] == first.refs["dvc_md5"] and again.refs["dvc_pushed"] == "0"
+    assert remote_files(home) == before  # re-running on identical data changes nothing
+
+    # Lose the workspace and its cache: the remote alone brings the snapshot back.
+    settings = load_settings(VersionSettings)
+    shutil.rmtree(settings.workspace)
+    repo = open_workspace(settings.workspace, settings.remote)
+    shutil.copy2(out / "dataset.dvc", settings.workspace / "dataset.dvc")
+    repo.pull()
+    restored = pd.read_parquet(settings.workspace / "dataset" / "train.parquet")
+    assert restored["text"].tolist() == ["good film", "bad film"]
+
+
+def test_changed_data_gets_a_new_hash(home, tmp_path):
+    settings = load_settings(VersionSettings)
+    a = snapshot(write_dataset(tmp_path / "a", ["one", "two"]), settings)
+    b = snapshot(write_dataset(tmp_path / "b", ["one", "three"]), settings)
+    assert a["dvc_md5"] != b["dvc_md5"]
+
+
+def test_empty_folder_is_refused(home, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert version_main(["--dataset", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no parquet files" in capsys.readouterr().err
