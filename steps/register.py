@@ -66,9 +66,12 @@ def register(model_out: Path, evaluation: Path, version_out: Path, settings: Reg
 
         signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
                                    outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability")]))
+        artifacts = {MODEL_DIR_KEY: str(model_out / "model")}
+        if (evaluation / "drift_reference.json").is_file():  # the drift monitor's reference travels with the model
+            artifacts["drift_reference"] = str(evaluation / "drift_reference.json")
         with mlflow_run(settings, run_id=run_id):
             info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
-                                           artifacts={MODEL_DIR_KEY: str(model_out / "model")},
+                                           artifacts=artifacts,
                                            pip_requirements=pip_requirements(), signature=signature)
         tags = {"model_hash": model_hash, "mlflow_run_id": run_id, "git_sha": train.git_sha,
                 "dataset.dvc_md5": read_manifest(version_out).refs.get("dvc_md5", ""),
