@@ -22,6 +22,8 @@ from steps.config import CommonSettings, flags, load_settings
 from steps.manifest import read_manifest, reusable, write_manifest
 from steps.tracking import alias_version, download_model_dir, mlflow_run
 
+SERVING_MAX_TOKENS = 512  # the predictor truncates at 512 (steps/serve): the reference must count tokens the same way
+
 
 class EvaluateSettings(CommonSettings):
     section: ClassVar[str] = "evaluate"
@@ -90,6 +92,23 @@ def score(model_dir: Path, texts: list[str], settings: EvaluateSettings) -> np.n
                          precision=settings.precision)
 
 
+def write_drift_reference(model_dir: Path, texts: list[str], probs: np.ndarray, out: Path) -> Path:
+    """The drift monitor's reference (docs/metrics.md): the challenger's features on the held-out test split, tokenized
+    the way the predictor serves (truncated at 512 tokens), binned by steps.psi; register stores it with the model."""
+    from transformers import AutoTokenizer
+
+    from steps.psi import build_reference, continuation_share, features_from_predictions
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer(texts, truncation=True, max_length=SERVING_MAX_TOKENS)["input_ids"]
+    special = set(tokenizer.all_special_tokens)
+    content = [continuation_share(tokenizer.convert_ids_to_tokens(row), special) for row in ids]
+    features = features_from_predictions([len(row) for row in ids], probs, content)
+    path = out / "drift_reference.json"
+    build_reference(features, source=f"evaluate: held-out test split, {len(texts)} rows").write(path)
+    return path
+
+
 def champion_metrics(settings: EvaluateSettings, test: pd.DataFrame) -> tuple[Metrics | None, str | None]:
     version = alias_version(settings, "champion") if settings.compare_champion else None
     if version is None:
@@ -108,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings(EvaluateSettings, flags(args))
     inputs = {"dataset": args.dataset, "model": args.model}
-    if reusable(args.out, "evaluate", inputs, {}) and (args.out / "metrics.json").is_file():
+    if (reusable(args.out, "evaluate", inputs, {}) and (args.out / "metrics.json").is_file()
+            and (args.out / "drift_reference.json").is_file()):
         print(f"evaluate: reusing {args.out} (same dataset and model)")
         return 0
     try:
@@ -120,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.max_length:
         settings.max_length = int(read_manifest(args.model).params.get("max_length", 512))
     args.out.mkdir(parents=True, exist_ok=True)
-    challenger = compute_metrics(test["label"].to_numpy(), score(args.model / "model", test["text"].tolist(), settings))
+    challenger_probs = score(args.model / "model", test["text"].tolist(), settings)
+    challenger = compute_metrics(test["label"].to_numpy(), challenger_probs)
+    drift_reference = write_drift_reference(args.model / "model", test["text"].tolist(), challenger_probs, args.out)
     champion, champion_version = champion_metrics(settings, test)
     report = {"challenger": asdict(challenger), "champion": asdict(champion) if champion else None,
               "champion_version": champion_version}
@@ -135,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_metrics(summary)
         mlflow.log_artifact(str(args.out / "confusion_matrix.png"), "evaluation")
         mlflow.log_artifact(str(args.out / "metrics.json"), "evaluation")
+        mlflow.log_artifact(str(drift_reference), "evaluation")
     print("evaluate: " + "  ".join(f"{k} {v:.4f}" for k, v in summary.items()), flush=True)
     write_manifest(args.out, "evaluate", inputs=inputs, outputs={"metrics": "metrics.json",
-                   "confusion_matrix": "confusion_matrix.png"}, metrics=summary,
+                   "confusion_matrix": "confusion_matrix.png", "drift_reference": "drift_reference.json"}, metrics=summary,
                    refs={"mlflow_run_id": run_id, "champion_version": champion_version})
     return 0
