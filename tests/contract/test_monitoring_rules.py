@@ -1,0 +1,218 @@
+"""The alert and recording rules, their promtool unit tests, the Alertmanager routes and templates, and the
+dashboards' metric names: checked with the real Prometheus tools from Debian (promtool, amtool).
+
+When CI=true a missing tool FAILS these tests (the project's set-up installs prometheus and
+prometheus-alertmanager); on a laptop without them they are skipped with the install line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MONITORING = REPO / "monitoring"
+RULE_FILES = sorted((MONITORING / "rules").glob("*.yaml"))
+RULE_TESTS = sorted((MONITORING / "tests").glob("*_test.yaml"))
+ALERTMANAGER = MONITORING / "alertmanager" / "alertmanager.yml"
+INSTALL = "apt-get install -y prometheus prometheus-alertmanager"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is not installed; CI must install it: {INSTALL}")
+        pytest.skip(f"{name} not installed ({INSTALL})")
+    return path
+
+
+def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def alerts() -> dict[str, dict]:
+    found = {}
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            found.update({r["alert"]: r for r in group["rules"] if "alert" in r})
+    return found
+
+
+def test_the_required_alerts_exist_with_their_thresholds():
+    rules = alerts()
+    assert {"HighLatency", "HighErrorRate", "DataDrift", "LowConfidence", "ModelNotReady"} <= set(rules)
+    assert "> 0.5" in rules["HighLatency"]["expr"] and rules["HighLatency"]["for"] == "5m"
+    assert "> 0.01" in rules["HighErrorRate"]["expr"] and rules["HighErrorRate"]["for"] == "5m"
+    assert "> 0.2" in rules["DataDrift"]["expr"] and rules["DataDrift"]["labels"]["action"] == "retrain"
+    assert "< 0.8" in rules["LowConfidence"]["expr"]
+    for rule in rules.values():
+        assert rule["labels"]["severity"] in {"critical", "warning"}
+        assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
+
+
+def test_promtool_check_rules():
+    promtool = tool("promtool")
+    for path in RULE_FILES:
+        done = run(promtool, "check", "rules", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_unit_tests_pass():
+    promtool = tool("promtool")
+    done = run(promtool, "test", "rules", *[p.name for p in RULE_TESTS], cwd=MONITORING / "tests")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("SUCCESS") == len(RULE_TESTS)
+
+
+def test_promtool_unit_tests_can_fail(tmp_path):
+    # Raising the DataDrift threshold must break its "fires" test: the unit tests really pin the rules.
+    promtool = tool("promtool")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "tests").mkdir()
+    for path in RULE_FILES:
+        (tmp_path / "rules" / path.name).write_text(path.read_text().replace("(sentiment_drift_psi) > 0.2",
+                                                                             "(sentiment_drift_psi) > 2"))
+    shutil.copy(MONITORING / "tests" / "alerts_test.yaml", tmp_path / "tests")
+    done = run(promtool, "test", "rules", "alerts_test.yaml", cwd=tmp_path / "tests")
+    assert done.returncode != 0 and "DataDrift" in done.stdout + done.stderr
+
+
+def test_every_alert_has_a_test_that_fires_stays_quiet_and_resolves():
+    cases: dict[str, dict[str, bool]] = {name: {"fires": False, "quiet": False, "resolves": False}
+                                         for name in alerts()}
+    for path in RULE_TESTS:
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            checks = sorted(test.get("alert_rule_test", []), key=lambda c: _minutes(c["eval_time"]))
+            for name, kinds in cases.items():
+                mine = [bool(c.get("exp_alerts")) for c in checks if c["alertname"] == name]
+                if not mine:
+                    continue
+                kinds["fires"] |= any(mine)
+                kinds["quiet"] |= not any(mine)  # a whole test in which it never fires
+                kinds["resolves"] |= any(mine) and not mine[-1]
+    missing = {name: [k for k, ok in kinds.items() if not ok] for name, kinds in cases.items() if not all(kinds.values())}
+    assert not missing, f"alerts without a fires/quiet/resolves promtool test: {missing}"
+
+
+def _minutes(text: str) -> float:
+    value, unit = re.fullmatch(r"(\d+)([smh])", text).groups()
+    return int(value) * {"s": 1 / 60, "m": 1, "h": 60}[unit]
+
+
+def test_rule_groups_wrap_into_a_valid_prometheusrule():
+    from workflows.schema_check import manifest_errors
+
+    for path in RULE_FILES:
+        doc = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+               "metadata": {"name": path.stem, "labels": {"release": "kube-prometheus-stack"}},
+               "spec": yaml.safe_load(path.read_text())}
+        assert manifest_errors(doc) == [], path
+
+
+def contract_metrics() -> set[str]:
+    text = (REPO / "docs" / "metrics.md").read_text()
+    return set(re.findall(r"^\| `(sentiment_\w+)`", text, flags=re.MULTILINE))
+
+
+def test_rules_and_dashboards_use_only_contract_metrics():
+    known = contract_metrics()
+    assert "sentiment_drift_psi" in known and "sentiment_request_duration_seconds" in known
+    texts = [p.read_text() for p in RULE_FILES + sorted((MONITORING / "dashboards").glob("*.json"))]
+    used = {m for text in texts for m in re.findall(r"\bsentiment_[a-z_]+\b", text)}
+    base = {re.sub(r"_(bucket|sum|count)$", "", m) for m in used}
+    # prometheus_client appends _total to counters the monitor declares without it (drift windows, triggers)
+    extra = {"sentiment_drift_windows_total", "sentiment_drift_triggers_total"}
+    unknown = {m for m in base if m not in known and m not in extra and f"{m}_total" not in known}
+    assert not unknown, f"metrics not in docs/metrics.md: {sorted(unknown)}"
+
+
+# ---- Alertmanager --------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def am_config(tmp_path) -> Path:
+    """The config with the templates path pointed at the repo's templates, so check-config parses them too."""
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    assert config["global"]["slack_api_url_file"].startswith("/etc/alertmanager/secrets/")
+    assert "slack_api_url" not in config["global"]
+    config["templates"] = [str(MONITORING / "alertmanager" / "templates" / "*.tmpl")]
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_amtool_check_config(am_config):
+    amtool = tool("amtool")
+    for path in (ALERTMANAGER, am_config):
+        done = run(amtool, "check-config", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 templates" in done.stdout
+
+
+def test_amtool_check_config_rejects_a_broken_template(am_config, tmp_path):
+    amtool = tool("amtool")
+    broken = tmp_path / "broken.tmpl"
+    broken.write_text('{{ define "x" }}{{ .Status }\n')
+    config = yaml.safe_load(am_config.read_text())
+    config["templates"] = [str(broken)]
+    am_config.write_text(yaml.safe_dump(config))
+    assert run(amtool, "check-config", str(am_config)).returncode != 0
+
+
+ROUTES = [
+    ({"alertname": "DataDrift", "severity": "warning", "action": "retrain", "feature": "input_tokens"},
+     "retrain-webhook,slack-warnings"),
+    ({"alertname": "HighErrorRate", "severity": "critical"}, "slack-critical"),
+    ({"alertname": "ModelNotReady", "severity": "critical"}, "slack-critical"),
+    ({"alertname": "HighLatency", "severity": "warning"}, "slack-warnings"),
+    ({"alertname": "LowConfidence", "severity": "warning"}, "slack-warnings"),
+    ({"alertname": "SomethingElse"}, "slack-warnings"),
+]
+
+
+@pytest.mark.parametrize(("labels", "receivers"), ROUTES, ids=[r[0]["alertname"] for r in ROUTES])
+def test_amtool_routes(labels, receivers):
+    amtool = tool("amtool")
+    args = [f"{k}={v}" for k, v in labels.items()]
+    done = run(amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}",
+               f"--verify.receivers={receivers}", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_route_test_can_fail():
+    amtool = tool("amtool")
+    done = run(amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}",
+               "--verify.receivers=slack-critical", "alertname=DataDrift", "severity=warning", "action=retrain")
+    assert done.returncode != 0
+
+
+def test_slack_templates_render():
+    amtool = tool("amtool")
+    text = ('{{ template "sentiment.slack.title" . }}|{{ template "sentiment.slack.color" . }}|'
+            '{{ template "sentiment.slack.text" . }}')
+    done = run(amtool, "template", "render", f"--template.glob={MONITORING / 'alertmanager' / 'templates'}/*.tmpl",
+               f"--template.text={text}")
+    assert done.returncode == 0, done.stderr
+    title, color, _ = done.stdout.split("|", 2)
+    assert title.strip() and color.strip() in {"good", "danger", "warning"}
+
+
+def test_dashboards_are_valid_grafana_json():
+    boards = sorted((MONITORING / "dashboards").glob("*.json"))
+    assert {p.stem for p in boards} >= {"sentiment-service-health", "sentiment-model-performance"}
+    for path in boards:
+        board = json.loads(path.read_text())
+        assert board["uid"] and board["title"] and board["schemaVersion"] >= 36
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), path
+        for panel in board["panels"]:
+            if panel["type"] == "row":
+                continue
+            assert panel["targets"], panel["title"]
+            assert all(t["expr"].strip() and t["refId"] for t in panel["targets"]), panel["title"]
