@@ -1,0 +1,48 @@
+{{/* Common labels: every object says what it is part of and which release made it. */}}
+{{- define "sentimentops.labels" -}}
+app.kubernetes.io/name: sentimentops
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{- define "sentimentops.image" -}}
+{{ .root.Values.image.registry }}/sentimentops-{{ .name }}:{{ .root.Values.image.tag }}
+{{- end }}
+
+{{- define "sentimentops.mlflowUri" -}}
+{{- if .Values.mlflow.enabled -}}
+http://mlflow.{{ .Release.Namespace }}.svc.cluster.local:5000
+{{- else -}}
+{{ required "mlflow.externalUri is required when mlflow.enabled is false" .Values.mlflow.externalUri }}
+{{- end }}
+{{- end }}
+
+{{/* Restricted pod security: non-root, no privilege escalation, no capabilities, read-only root, seccomp. */}}
+{{- define "sentimentops.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "sentimentops.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Files copied by `make chart-files`; fail early with the fix instead of rendering a chart without them. */}}
+{{- define "sentimentops.requireFiles" -}}
+{{- if not (.Files.Glob "files/workflows/*.yaml") -}}
+{{- fail "charts/sentimentops/files/workflows/ is empty: run `make chart-files` (copies workflows/rendered/ and monitoring/ into the chart)" -}}
+{{- end -}}
+{{- end }}
