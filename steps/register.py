@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -30,6 +30,10 @@ class RegisterSettings(CommonSettings):
     section: ClassVar[str] = "register"
     policy: PolicySettings = Field(default_factory=PolicySettings)
     baseline_accuracy: float | None = Field(None, description="Shortcut for policy.baseline_accuracy.")
+    champion_moves_at: Literal["register", "rollout"] = Field(
+        "register", description="register: the policy moves `champion` here (local profile, no canary); rollout: "
+        "a passing policy only makes the version eligible, and the canary rollout moves `champion` once the "
+        "canary proved itself (gke profile).")
 
 
 def pip_requirements() -> list[str]:
@@ -93,7 +97,7 @@ def register(model_out: Path, evaluation: Path, version_out: Path, settings: Reg
                       challenger_is_champion=current is not None and current.version == version)
     client.set_model_version_tag(name, version, "promotion.decision", "promote" if decision.promote else "keep")
     client.set_model_version_tag(name, version, "promotion.reasons", decision.summary())
-    if decision.promote:
+    if decision.promote and settings.champion_moves_at == "register":
         client.set_registered_model_alias(name, "champion", version)
     print(f"register: {decision.summary()}", flush=True)
     champion_now = alias_version(settings, "champion")
