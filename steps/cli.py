@@ -17,6 +17,7 @@ STAGES = {
     "serve": "steps.serve.server",
     "predict": "steps.serve.client",
     "quickstart": "steps.quickstart",
+    "drift": "steps.drift",
 }
 # Orchestration commands live in workflows/ (which knows the stages only through this CLI).
 WORKFLOW_COMMANDS = {"render", "pipeline", "check"}
