@@ -39,9 +39,16 @@ if ! podman image exists "$BASE_PY"; then
   rm -rf "$rootfs"
 fi
 
+# Where the host reaches PyPI through a TLS-inspecting proxy, its CA bundle and a pip.conf naming it are mounted
+# into the build steps (nothing lands in the image).
+PIP_CONF=$WORK/pip.conf
+printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$PIP_CONF"
+MOUNTS=(-v "$PIP_CONF:/etc/pip.conf:ro,Z")
+[ -f /etc/ssl/certs/ca-certificates.crt ] && MOUNTS+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+
 build() {  # build <dockerfile> <image> [build-arg ...]
   local file=$1 image=$2; shift 2
-  local args=()
+  local args=("${MOUNTS[@]}")
   for a in "$@"; do args+=(--build-arg "$a"); done
   podman build --network=host --layers -f "$file" "${args[@]}" -t "$image" "$REPO"
 }
