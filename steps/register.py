@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +48,35 @@ def pip_requirements() -> list[str]:
     return pins
 
 
+def eval_set_for(model_out: Path, train) -> Path | None:
+    """The test split of the dataset this model was trained on, found by content hash among the run's step
+    outputs (the local runner's layout); SENTIMENTOPS_EXPORT_EVAL_SET overrides it (in the cluster)."""
+    wanted = train.inputs.get("dataset")
+    run_dir = model_out.resolve().parents[2] if len(model_out.resolve().parents) > 2 else None
+    if not wanted or run_dir is None:
+        return None
+    for candidate in sorted(run_dir.glob("*/outputs/*/test.parquet")):
+        if hash_dir(candidate.parent) == wanted:
+            return candidate
+    return None
+
+
+def export_onnx(model_out: Path, train, dest: Path) -> Path | None:
+    """ONNX export + int8 with its accuracy check (steps.onnx_export) into `dest` (a scratch folder: the train
+    step's output must keep its hash, or the runner would stop reusing it)."""
+    from steps.onnx_export import ExportSettings, export_and_check
+
+    settings = load_settings(ExportSettings)
+    if not settings.enabled:
+        return None
+    eval_set = settings.eval_set or eval_set_for(model_out, train)
+    report = export_and_check(model_out / "model", dest / "onnx", settings, eval_set=eval_set)
+    print(f"register: ONNX {report.backend}: accuracy fp32 {report.accuracy_fp32} int8 {report.accuracy_int8} "
+          f"(drop {report.drop_points} points, bound {report.max_drop_points}) on {report.eval_rows} rows "
+          f"of {report.eval_set or 'no evaluation set'}", flush=True)
+    return dest / "onnx"
+
+
 def find_version(client, name: str, model_hash: str):
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.tags.get("model_hash") == model_hash:
@@ -73,10 +103,14 @@ def register(model_out: Path, evaluation: Path, version_out: Path, settings: Reg
         artifacts = {MODEL_DIR_KEY: str(model_out / "model")}
         if (evaluation / "drift_reference.json").is_file():  # the drift monitor's reference travels with the model
             artifacts["drift_reference"] = str(evaluation / "drift_reference.json")
-        with mlflow_run(settings, run_id=run_id):
-            info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
-                                           artifacts=artifacts,
-                                           pip_requirements=pip_requirements(), signature=signature)
+        with tempfile.TemporaryDirectory(prefix="register-onnx-") as scratch:
+            onnx_dir = export_onnx(model_out, train, Path(scratch))  # the CPU serving fast path travels along
+            if onnx_dir is not None:
+                artifacts["onnx"] = str(onnx_dir)
+            with mlflow_run(settings, run_id=run_id):
+                info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
+                                               artifacts=artifacts,
+                                               pip_requirements=pip_requirements(), signature=signature)
         tags = {"model_hash": model_hash, "mlflow_run_id": run_id, "git_sha": train.git_sha,
                 "dataset.dvc_md5": read_manifest(version_out).refs.get("dvc_md5", ""),
                 "base_model": str(train.params.get("base_model_used", "")),

@@ -1,21 +1,30 @@
-"""The KServe predictor: loads a Hugging Face model folder and answers V1 requests with typed predictions.
+"""The KServe predictor: loads a model folder (a Hugging Face folder, or the registered MLflow pyfunc folder with
+its `model_dir`, `onnx` and `drift_reference` artifacts), picks the backend, warms up, and answers through the
+dynamic batcher. docs/serving.md has the API contract; steps/serve/app.py the HTTP side.
 
-V1 request: `{"instances": ["text", ...]}` or `{"instances": [{"text": "..."}, ...]}`.
-V1 answer:  `{"predictions": [{"label": "positive", "probability": 0.97, "model_name": "sentiment",
-              "model_version": "3"}, ...]}` (probability is P(positive), a number, never a stringified dict).
+Backend choice (`backend="auto"`): on a machine without a GPU, the ONNX export when the pyfunc folder has one
+(int8 if it passed its accuracy bound at registration, else fp32: export.json says which); torch otherwise (and on
+a GPU). The serve image holds no torch: there the ONNX artifact is required.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import kserve
-from kserve.errors import InvalidInput
+import numpy as np
+import yaml
+
+from steps.serve.backends import MAX_TOKENS, Encoded, OnnxBackend, TextEncoder, TorchBackend
+from steps.serve.batching import Batcher, BatchSettings
+from steps.serve.errors import InputTooLong, InvalidInput, NotReady, PayloadTooLarge
 
 log = logging.getLogger("sentimentops.serve")
-MAX_TOKENS = 512  # DistilBERT's position embeddings: longer inputs are truncated, never an error (kserve issue 3438)
+WARMUP_TEXT = "warm-up: the first inference allocates the session's buffers"
 
 
 @dataclass(frozen=True)
@@ -25,15 +34,72 @@ class ModelInfo:
     run_id: str = ""
 
 
+@dataclass(frozen=True)
+class Limits:
+    max_payload_bytes: int = 1_000_000   # 413 above: ~200 full IMDB reviews of JSON
+    max_instances: int = 64              # 413 above: two full batches; larger jobs belong to batch scoring
+    max_tokens: int = MAX_TOKENS         # DistilBERT's positions
+    truncation: str = "truncate"         # truncate | reject (400 for an instance above max_tokens)
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Where the pieces of a model folder are: the HF folder (weights + tokenizer), the ONNX export, the drift
+    reference, and the pyfunc's MLflow run id when the folder is a registered model."""
+
+    model_dir: Path
+    onnx_dir: Path | None = None
+    drift_reference: Path | None = None
+    run_id: str = ""
+
+
+def find_artifacts(folder: Path) -> Artifacts:
+    """A pyfunc folder (MLmodel: python_function.artifacts maps each key to its path) or a plain HF folder."""
+    folder = Path(folder)
+    mlmodel = folder / "MLmodel"
+    if mlmodel.is_file():
+        spec = yaml.safe_load(mlmodel.read_text()) or {}
+        mapping = (spec.get("flavors", {}).get("python_function", {}) or {}).get("artifacts") or {}
+
+        def path(key: str) -> Path | None:
+            entry = mapping.get(key)
+            return folder / entry["path"] if entry else None
+
+        model_dir = path("model_dir")
+        if model_dir is None:
+            raise FileNotFoundError(f"{mlmodel}: no `model_dir` artifact in python_function.artifacts")
+        return Artifacts(model_dir, path("onnx"), path("drift_reference"), str(spec.get("run_id") or ""))
+    onnx = folder / "onnx"
+    return Artifacts(folder, onnx if (onnx / "model.onnx").is_file() else None)
+
+
+def choose_backend(artifacts: Artifacts, backend: str, gpu: bool) -> str:
+    from steps.onnx_export import read_report
+
+    if backend != "auto":
+        return backend
+    if not gpu and artifacts.onnx_dir is not None and (artifacts.onnx_dir / "model.onnx").is_file():
+        report = read_report(artifacts.onnx_dir)
+        return report.backend if report is not None else "onnx-fp32"
+    return "torch"
+
+
+def gpu_present() -> bool:
+    return Path("/dev/nvidiactl").exists()
+
+
 def parse_instances(payload: Any) -> list[str]:
     """V1 body -> texts, or InvalidInput (400) with a message saying what is wrong."""
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('expected a JSON object with "instances": ["text", ...]')
-    instances = payload["instances"]
-    if not isinstance(instances, list) or not instances:
-        raise InvalidInput('"instances" must be a non-empty list')
+    return check_texts(payload["instances"], '"instances"')
+
+
+def check_texts(items: Any, what: str) -> list[str]:
+    if not isinstance(items, list) or not items:
+        raise InvalidInput(f"{what} must be a non-empty list")
     texts = []
-    for i, item in enumerate(instances):
+    for i, item in enumerate(items):
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):
             raise InvalidInput(f'instance {i}: expected a string or {{"text": "..."}}, got {type(text).__name__}')
@@ -43,31 +109,122 @@ def parse_instances(payload: Any) -> list[str]:
     return texts
 
 
+@dataclass
+class ServeOptions:
+    backend: str = "auto"            # auto | onnx-int8 | onnx-fp32 | torch
+    threads: int | None = None       # intra-op threads (default: the cores this process may use)
+    limits: Limits = field(default_factory=Limits)
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    log_text: bool = False
+
+
 class SentimentModel(kserve.Model):
-    def __init__(self, name: str, model_dir: Path, info: ModelInfo):
+    def __init__(self, name: str, model_dir: Path, info: ModelInfo, options: ServeOptions | None = None,
+                 metrics=None, records=None):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.info = info
+        self.options = options or ServeOptions()
+        self.metrics = metrics
+        self.records = records
         self.ready = False
+        self.backend_name = ""
+        self.batcher: Batcher | None = None
 
+    # -- loading -------------------------------------------------------------------------------------------------
     def load(self) -> bool:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir).eval()
-        self._torch = torch
-        self.predict_texts(["warm-up: the first inference allocates buffers"])  # ready only after it ran
+        """Loads encoder + backend, runs a warm-up inference, starts the batcher; ready only after all of it."""
+        artifacts = find_artifacts(self.model_dir)
+        if not self.info.run_id and artifacts.run_id:
+            self.info = ModelInfo(self.info.name, self.info.version, artifacts.run_id)
+        self.encoder = TextEncoder(artifacts.model_dir, self.options.limits.max_tokens)
+        name = choose_backend(artifacts, self.options.backend, gpu_present())
+        if name.startswith("onnx"):
+            if artifacts.onnx_dir is None:
+                raise FileNotFoundError(f"{self.model_dir}: backend {name} asked for, but no ONNX artifact")
+            self.backend = OnnxBackend(artifacts.onnx_dir / "model.onnx", artifacts.model_dir, name,
+                                       self.options.threads)
+        else:
+            self.backend = TorchBackend(artifacts.model_dir, threads=self.options.threads)
+        self.backend_name = name
+        start = time.perf_counter()
+        self._run(self.encoder.encode([WARMUP_TEXT]))
+        self.batcher = Batcher(self._run, self.options.batching, on_batch=self._observe,
+                               on_depth=(self.metrics.queue_depth.set if self.metrics else None))
+        self.batcher.start()
+        if self.metrics is not None:
+            self.metrics.set_model(self.info.name, self.info.version, self.info.run_id, name)
+            self.metrics.model_ready.set(1)
         self.ready = True
-        log.info("loaded %s version %s from %s", self.info.name, self.info.version, self.model_dir)
+        log.info("loaded %s version %s (%s) from %s; warm-up %.0f ms", self.info.name, self.info.version, name,
+                 artifacts.model_dir, (time.perf_counter() - start) * 1000)
         return self.ready
 
-    def predict_texts(self, texts: list[str]) -> list[dict[str, Any]]:
-        batch = self.tokenizer(texts, truncation=True, max_length=MAX_TOKENS, padding=True, return_tensors="pt")
-        with self._torch.inference_mode():
-            probs = self._torch.softmax(self.model(**batch).logits.float(), dim=-1)[:, 1].tolist()
+    def stop(self) -> None:
+        self.ready = False
+        if self.metrics is not None:
+            self.metrics.model_ready.set(0)
+        if self.batcher is not None:
+            self.batcher.stop()
+        if self.records is not None:
+            self.records.close()
+
+    # -- inference -----------------------------------------------------------------------------------------------
+    def _run(self, batch: list[Encoded]) -> np.ndarray:
+        return self.backend(*self.encoder.pad(batch))
+
+    def _observe(self, batch: list[Encoded], probs: np.ndarray) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_batch([e.length for e in batch], sum(e.truncated for e in batch), probs)
+        if self.records is not None:
+            from steps.serve.records import record
+
+            now = time.time()
+            self.records.write([record(self.info.version, e.length, e.truncated, p, e.content, ts=now)
+                                for e, p in zip(batch, probs, strict=True)])
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        """Limits, then tokens: too many instances -> 413; text with no tokens, or too long under `reject` -> 400."""
+        limits = self.options.limits
+        if len(texts) > limits.max_instances:
+            raise PayloadTooLarge(f"{len(texts)} instances: at most {limits.max_instances} per request")
+        encoded = self.encoder.encode(texts)
+        for i, e in enumerate(encoded):
+            if e.length <= 2:  # only [CLS] [SEP]: nothing but control or unknown characters
+                raise InvalidInput(f"instance {i}: no text left after normalisation (control characters only?)")
+            if e.truncated and limits.truncation == "reject":
+                raise InputTooLong(f"instance {i}: more than {self.encoder.max_tokens} tokens (truncation is off)")
+        return encoded
+
+    def render(self, probs: np.ndarray) -> list[dict[str, Any]]:
         return [{"label": "positive" if p >= 0.5 else "negative", "probability": round(float(p), 6),
                  "model_name": self.info.name, "model_version": self.info.version} for p in probs]
 
+    def predict_texts(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Synchronous, unbatched (tests, scripts): the same encoder, backend and answer as the server."""
+        if not self.ready:
+            raise NotReady("the model is not loaded")
+        encoded = self.encode(texts)
+        probs = np.zeros(len(texts))
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
+        for start in range(0, len(order), 16):
+            rows = order[start : start + 16]
+            probs[rows] = self._run([encoded[i] for i in rows])
+        return self.render(probs)
+
+    async def predict_async(self, texts: list[str]) -> np.ndarray:
+        if not self.ready or self.batcher is None:
+            raise NotReady("the model is not ready")
+        return await self.batcher.submit(self.encode(texts))
+
     async def predict(self, payload, headers=None, response_headers=None) -> dict[str, Any]:
-        return {"predictions": self.predict_texts(parse_instances(payload))}
+        """kserve.ModelServer entry point (V1 dict); the project's app calls predict_async directly."""
+        texts = parse_instances(payload)
+        return {"predictions": self.render(await self.predict_async(texts))}
+
+
+async def wait_loaded(model: SentimentModel, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not model.ready and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return model.ready

@@ -1,0 +1,278 @@
+"""The HTTP side of the predictor: KServe V1 and V2 (Open Inference Protocol) routes, the plain `/predict` and
+`/health` first promised to users, `/metrics`, readiness that means it, and one place where every failure becomes
+a status (steps/serve/errors.py). The contract is docs/serving.md.
+
+Why our own FastAPI app and not kserve.ModelServer's: its V1/V2 handlers decode bodies before the model sees them,
+so size limits, content-type and UTF-8 errors, and overload could not be answered from one status table, and it
+has no batching (STACK-NOTES). The routes, bodies and answers are KServe's, so clients and the InferenceService
+see the same protocol.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from steps.serve.errors import (
+    InvalidInput,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    error_response,
+)
+from steps.serve.metrics import CONTENT_TYPE, Metrics
+from steps.serve.model import SentimentModel, check_texts, parse_instances
+
+log = logging.getLogger("sentimentops.serve.app")
+JSON_TYPES = ("application/json", "application/*+json")
+
+TEXT_ITEM = {"oneOf": [{"type": "string", "minLength": 1},
+                       {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}]}
+V1_BODY = {"type": "object", "required": ["instances"],
+           "properties": {"instances": {"type": "array", "minItems": 1, "items": TEXT_ITEM}}}
+V2_BODY = {"type": "object", "required": ["inputs"], "properties": {
+    "id": {"type": "string"},
+    "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+        "type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+            "name": {"type": "string", "enum": ["text"]},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 2},
+            "datatype": {"type": "string", "enum": ["BYTES"]},
+            "data": {"type": "array", "minItems": 1, "items": {"type": "string"}}}}}}}
+PREDICTION = {"type": "object", "properties": {
+    "label": {"type": "string", "enum": ["negative", "positive"]},
+    "probability": {"type": "number", "minimum": 0, "maximum": 1, "description": "P(positive)"},
+    "model_name": {"type": "string"}, "model_version": {"type": "string"}}}
+ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+
+
+def _body(schema: dict, answer: dict) -> dict:
+    responses = {"200": {"description": "predictions", "content": {"application/json": {"schema": answer}}}}
+    for code, what in (("400", "invalid input"), ("413", "payload or instance count too large"),
+                       ("415", "not JSON"), ("503", "overloaded or not ready (Retry-After)")):
+        responses[code] = {"description": what, "content": {"application/json": {"schema": ERROR}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+            "responses": responses}
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """Content type, size (413 before reading more than the limit), UTF-8 and JSON checks, in that order."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type and content_type not in JSON_TYPES:
+        raise UnsupportedMediaType(f"content type {content_type!r}: send application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"body of {declared} bytes: at most {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"body over {max_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))  # strict: invalid UTF-8 and lone surrogates are errors, not text
+    except orjson.JSONDecodeError as err:
+        raise InvalidInput(f"body is not valid JSON (UTF-8): {err}") from None
+
+
+def parse_v2(payload: Any) -> tuple[list[str], str | None, list[str]]:
+    """V2 inference request -> (texts, request id, requested outputs)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
+        raise InvalidInput('expected a JSON object with "inputs": [{"name": "text", "datatype": "BYTES", ...}]')
+    inputs = payload["inputs"]
+    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput('expected exactly one input tensor, "text"')
+    tensor = inputs[0]
+    if tensor.get("name") != "text":
+        raise InvalidInput(f'input name must be "text", got {tensor.get("name")!r}')
+    if tensor.get("datatype") != "BYTES":
+        raise InvalidInput(f'input "text": datatype must be BYTES, got {tensor.get("datatype")!r}')
+    shape, data = tensor.get("shape"), tensor.get("data")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise InvalidInput('input "text": shape must be [N] or [N, 1] with positive integers')
+    if isinstance(data, list) and data and all(isinstance(row, list) for row in data):
+        data = [item for row in data for item in row]  # row-major nested form
+    texts = check_texts(data, 'input "text": data')
+    count = shape[0] * (shape[1] if len(shape) == 2 else 1)
+    if count != len(texts):
+        raise InvalidInput(f'input "text": shape {shape} says {count} elements, data has {len(texts)}')
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput('"id" must be a string')
+    wanted = payload.get("outputs") or []
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                               for o in wanted):
+        raise InvalidInput('"outputs" must be a list of {"name": ...}')
+    names = [o["name"] for o in wanted]
+    unknown = set(names) - {"label", "probability"}
+    if unknown:
+        raise InvalidInput(f"unknown outputs {sorted(unknown)}: this model has label and probability")
+    return texts, request_id, names or ["label", "probability"]
+
+
+def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: bool = True) -> FastAPI:
+    state = {"draining": False, "load_error": None}
+
+    def load() -> None:
+        try:
+            model.load()
+        except Exception as exc:  # noqa: BLE001 - stay up and not ready, with the reason: no crash loop
+            state["load_error"] = f"{type(exc).__name__}: {exc}"
+            log.error("model %s NOT loaded from %s: %s (the server stays up and answers 503 not ready)",
+                      model.name, model.model_dir, state["load_error"])
+
+    async def lifespan(app: FastAPI):
+        if not model.ready and load_in_background:
+            threading.Thread(target=load, name="model-load", daemon=True).start()
+        yield
+        await asyncio.to_thread(model.stop)  # after uvicorn drained the connections: finish the queue
+
+    app = FastAPI(title="sentimentops predictor", version="1", lifespan=lifespan,
+                  description="KServe V1/V2 sentiment predictor; see docs/serving.md")
+    app.state.serve = state
+
+    def ready_or_raise() -> None:
+        if state["draining"]:
+            raise NotReady("the server is shutting down")
+        if not model.ready:
+            raise NotReady(f"model not ready: {state['load_error']}" if state["load_error"]
+                           else "model not ready: loading and warming up")
+
+    def check_name(name: str) -> None:
+        if name != model.name:
+            raise NotFound(f"model {name!r} is not served here (this server serves {model.name!r})")
+
+    def fail(exc: Exception) -> tuple[JSONResponse, int, str]:
+        status, body, headers = error_response(exc)
+        if status.code >= 500 and status.reason == "internal":
+            log.error("internal error", exc_info=exc)
+        return JSONResponse(body, status.code, headers), status.code, status.reason
+
+    async def handle(protocol: str, request: Request, name: str | None,
+                     answer: Callable[[Any], Any]) -> Response:
+        start = time.perf_counter()
+        reason = None
+        try:
+            if name is not None:
+                check_name(name)
+            ready_or_raise()
+            payload = await read_json(request, model.options.limits.max_payload_bytes)
+            response, code = JSONResponse(await answer(payload)), 200
+        except Exception as exc:  # noqa: BLE001 - the status table decides, nothing escapes as a bare 500
+            response, code, reason = fail(exc)
+        metrics.observe_request(protocol, code, time.perf_counter() - start, reason)
+        return response
+
+    async def v1_answer(payload: Any) -> dict:
+        texts = parse_instances(payload)
+        return {"predictions": model.render(await model.predict_async(texts))}
+
+    async def v2_answer(payload: Any) -> dict:
+        texts, request_id, names = parse_v2(payload)
+        probs = await model.predict_async(texts)
+        tensors = {"label": {"name": "label", "datatype": "BYTES", "shape": [len(texts)],
+                             "data": ["positive" if p >= 0.5 else "negative" for p in probs]},
+                   "probability": {"name": "probability", "datatype": "FP32", "shape": [len(texts)],
+                                   "data": [round(float(p), 6) for p in probs]}}
+        out = {"model_name": model.info.name, "model_version": model.info.version,
+               "outputs": [tensors[n] for n in names]}
+        if request_id is not None:
+            out["id"] = request_id
+        return out
+
+    v1_extra = _body(V1_BODY, {"type": "object", "properties": {
+        "predictions": {"type": "array", "items": PREDICTION}}})
+    v2_extra = _body(V2_BODY, {"type": "object", "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+        "outputs": {"type": "array"}}})
+
+    @app.post("/v1/models/{model_name}:predict", openapi_extra=v1_extra, tags=["v1"])
+    async def v1_predict(model_name: str, request: Request):
+        return await handle("v1", request, model_name, v1_answer)
+
+    @app.post("/predict", openapi_extra=v1_extra, tags=["plain"])
+    async def plain_predict(request: Request):
+        return await handle("predict", request, None, v1_answer)
+
+    @app.post("/v2/models/{model_name}/infer", openapi_extra=v2_extra, tags=["v2"])
+    async def v2_infer(model_name: str, request: Request):
+        return await handle("v2", request, model_name, v2_answer)
+
+    def readiness(body: Callable[[], dict]) -> Response:
+        try:
+            ready_or_raise()
+        except NotReady as exc:
+            return fail(exc)[0]
+        return JSONResponse(body())
+
+    @app.get("/health", tags=["plain"])
+    async def health():
+        return readiness(lambda: {"status": "ready", "model_name": model.info.name,
+                                  "model_version": model.info.version, "backend": model.backend_name})
+
+    @app.get("/v2/health/live", tags=["v2"])
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["v2"])
+    async def ready():
+        return readiness(lambda: {"ready": True})
+
+    @app.get("/v2/models/{model_name}/ready", tags=["v2"])
+    async def v2_model_ready(model_name: str):
+        check_name(model_name)
+        return readiness(lambda: {"name": model_name, "ready": True})
+
+    @app.get("/v1/models/{model_name}", tags=["v1"])
+    async def v1_model_ready(model_name: str):
+        check_name(model_name)
+        return readiness(lambda: {"name": model_name, "ready": True})
+
+    @app.get("/v1/models", tags=["v1"])
+    async def v1_models():
+        return {"models": [model.name]}
+
+    @app.get("/v2", tags=["v2"])
+    async def v2_server():
+        return {"name": "sentimentops", "version": "1", "extensions": []}
+
+    @app.get("/v2/models/{model_name}", tags=["v2"])
+    async def v2_model(model_name: str):
+        check_name(model_name)
+        return {"name": model.name, "versions": [model.info.version], "platform": model.backend_name or "loading",
+                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                            {"name": "probability", "datatype": "FP32", "shape": [-1]}]}
+
+    @app.get("/metrics", tags=["plain"])
+    async def prometheus():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    @app.exception_handler(NotFound)
+    @app.exception_handler(NotReady)
+    async def table_errors(request: Request, exc: Exception):
+        return fail(exc)[0]
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError):
+        return fail(InvalidInput(f"invalid request: {exc.errors()[:3]}"))[0]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_errors(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, getattr(exc, "headers", None) or {})
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        return fail(exc)[0]
+
+    return app

@@ -1,0 +1,68 @@
+"""The predictor's Prometheus metrics, exactly as docs/metrics.md names them (base units, `sentiment_` prefix,
+low-cardinality labels). One registry per server (so tests can run several), with the process collector so
+`process_resident_memory_bytes` is there for the benchmark's RSS column."""
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PROTOCOLS = ("v1", "v2", "predict")
+LABELS = ("negative", "positive")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        self.duration = Histogram(
+            "sentiment_request_duration_seconds", "Time from request received to response, queueing included.",
+            ["protocol", "status"], registry=r,
+            buckets=(0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+        self.requests = Counter("sentiment_requests", "Requests answered.", ["protocol", "status"], registry=r)
+        self.errors = Counter("sentiment_errors", "Failed requests.", ["protocol", "status", "reason"], registry=r)
+        self.batch_size = Histogram("sentiment_batch_size", "Instances per model call after dynamic batching.",
+                                    registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.queue_depth = Gauge("sentiment_queue_depth", "Instances waiting for the model.", registry=r)
+        self.input_tokens = Histogram("sentiment_input_tokens", "Tokens per instance after truncation.",
+                                      registry=r, buckets=(8, 16, 32, 64, 128, 256, 384, 512))
+        self.truncated = Counter("sentiment_truncated", "Instances cut at the 512-token limit.", registry=r)
+        self.confidence = Histogram("sentiment_prediction_confidence", "max(p, 1-p) per prediction.",
+                                    registry=r, buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+        self.predictions = Counter("sentiment_predictions", "Predictions by label.", ["label"], registry=r)
+        self.model_info = Gauge("sentiment_model_info", "What is being served (always 1).",
+                                ["model_name", "model_version", "run_id", "backend"], registry=r)
+        self.model_ready = Gauge("sentiment_model_ready", "1 once loaded and warmed up.", registry=r)
+        for label in LABELS:  # zero-initialised series, so rate() and ratios exist from the first scrape
+            self.predictions.labels(label)
+
+    def observe_request(self, protocol: str, status: int, seconds: float, reason: str | None) -> None:
+        self.duration.labels(protocol, str(status)).observe(seconds)
+        self.requests.labels(protocol, str(status)).inc()
+        if reason is not None:
+            self.errors.labels(protocol, str(status), reason).inc()
+
+    def observe_batch(self, lengths: list[int], truncated: int, probs) -> None:
+        self.batch_size.observe(len(lengths))
+        for n in lengths:
+            self.input_tokens.observe(n)
+        if truncated:
+            self.truncated.inc(truncated)
+        for p in probs:
+            p = float(p)
+            self.confidence.observe(max(p, 1 - p))
+            self.predictions.labels("positive" if p >= 0.5 else "negative").inc()
+
+    def set_model(self, name: str, version: str, run_id: str, backend: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name, version, run_id, backend).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
