@@ -123,6 +123,12 @@ def score(onnx_path: Path, model_dir: Path, texts: list[str], max_tokens: int, b
     return probs
 
 
+def int8_accepted(accuracy_fp32: float, accuracy_int8: float, max_drop_points: float) -> tuple[bool, float]:
+    """(int8 kept?, drop in percentage points): kept when fp32 - int8 <= the bound (an int8 gain always passes)."""
+    drop = round((accuracy_fp32 - accuracy_int8) * 100, 4)
+    return drop <= max_drop_points, drop
+
+
 def load_eval_set(path: Path, rows: int) -> tuple[list[str], np.ndarray]:
     import pandas as pd
 
@@ -150,8 +156,7 @@ def export_and_check(model_dir: Path, out: Path, settings: ExportSettings,
             texts, labels = load_eval_set(Path(eval_set), settings.eval_rows)
             acc = {name: float(((score(path, model_dir, texts, settings.max_tokens) >= 0.5) == labels).mean())
                    for name, path in (("fp32", fp32), ("int8", int8))}
-            drop = round((acc["fp32"] - acc["int8"]) * 100, 4)
-            accepted = drop <= settings.max_drop_points
+            accepted, drop = int8_accepted(acc["fp32"], acc["int8"], settings.max_drop_points)
             report = ExportReport("int8" if accepted else "fp32", acc["fp32"], acc["int8"], drop,
                                   settings.max_drop_points, accepted, str(eval_set), len(labels), 0.0,
                                   note=f"fused: {fused}" + ("" if accepted else

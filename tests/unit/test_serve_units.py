@@ -1,0 +1,243 @@
+"""The predictor's pure parts: the status table, V1/V2 parsing, length grouping, the bounded batcher, the
+prediction records, the metric names of docs/metrics.md, artifact lookup, backend choice and the int8 bound."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kserve.errors import InvalidInput as KServeInvalidInput
+
+from steps.onnx_export import ExportReport, int8_accepted
+from steps.serve import errors
+from steps.serve.app import parse_v2
+from steps.serve.backends import Encoded
+from steps.serve.batching import Batcher, BatchSettings, group_by_length
+from steps.serve.metrics import Metrics
+from steps.serve.model import Artifacts, choose_backend, find_artifacts
+from steps.serve.records import PredictionLog, record
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+
+
+@pytest.mark.parametrize(("exc", "code", "reason"), [
+    (errors.InvalidInput("x"), 400, "invalid_input"),
+    (KServeInvalidInput("x"), 400, "invalid_input"),
+    (errors.InputTooLong("x"), 400, "invalid_input"),
+    (errors.NotFound("x"), 404, "invalid_input"),
+    (errors.PayloadTooLarge("x"), 413, "payload_too_large"),
+    (errors.UnsupportedMediaType("x"), 415, "invalid_input"),
+    (errors.Overloaded("x"), 503, "overloaded"),
+    (errors.NotReady("x"), 503, "not_ready"),
+    (RuntimeError("secret detail"), 500, "internal"),
+    (KeyError("k"), 500, "internal"),
+])
+def test_status_table_is_pinned(exc, code, reason):
+    status, body, headers = errors.error_response(exc)
+    assert (status.code, status.reason) == (code, reason)
+    assert reason in errors.REASONS
+    assert ("Retry-After" in headers) == (code == 503)  # backpressure always tells the client when to retry
+    if code == 500:
+        assert "secret" not in body["error"]  # internals never reach the client
+    else:
+        assert body["error"] == "x"
+
+
+def test_invalid_input_is_also_kserves_400():
+    assert isinstance(errors.InvalidInput("x"), KServeInvalidInput)
+
+
+def v2(data, shape=None, **tensor):
+    body = {"name": "text", "datatype": "BYTES", "shape": shape or [len(data)], "data": data}
+    body.update(tensor)
+    return {"inputs": [body]}
+
+
+def test_v2_parses_flat_and_nested_data_and_outputs():
+    assert parse_v2(v2(["a", "b"])) == (["a", "b"], None, ["label", "probability"])
+    assert parse_v2(v2([["a"], ["b"]], shape=[2, 1]))[0] == ["a", "b"]
+    body = {**v2(["a"]), "id": "r1", "outputs": [{"name": "probability"}]}
+    assert parse_v2(body) == (["a"], "r1", ["probability"])
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({}, '"inputs"'),
+    ({"inputs": []}, '"inputs"'),
+    ({"inputs": [v2(["a"])["inputs"][0]] * 2}, "exactly one"),
+    (v2(["a"], name="txt"), 'name must be "text"'),
+    (v2(["a"], datatype="FP32"), "BYTES"),
+    (v2(["a"], shape=[0]), "shape"),
+    (v2(["a"], shape=[True]), "shape"),
+    (v2(["a", "b"], shape=[3]), "3 elements"),
+    (v2([1]), "expected a string"),
+    (v2([" "]), "empty"),
+    ({**v2(["a"]), "id": 5}, '"id"'),
+    ({**v2(["a"]), "outputs": [{"name": "logits"}]}, "unknown outputs"),
+])
+def test_v2_rejects_with_a_message(body, message):
+    with pytest.raises(errors.InvalidInput, match=re.escape(message)):
+        parse_v2(body)
+
+
+def test_length_groups_are_sorted_and_within_the_token_budget():
+    lengths = [500, 10, 12, 300, 11, 510, 9]
+    groups = group_by_length(list(range(7)), lengths, max_batch_tokens=1024)
+    flat = [i for g in groups for i in g]
+    assert sorted(flat) == list(range(7))
+    assert [lengths[i] for i in flat] == sorted(lengths)  # short ones never share a long one's padding first
+    for g in groups:
+        assert len(g) == 1 or max(lengths[i] for i in g) * len(g) <= 1024
+    assert group_by_length([0], [4000], 1024) == [[0]]  # longer than the budget: alone, not dropped
+
+
+def enc(n: int) -> Encoded:
+    return Encoded(ids=list(range(n)), truncated=False, content=0.0)
+
+
+def test_batcher_answers_in_order_and_batches_concurrent_requests():
+    calls = []
+
+    def run(batch):
+        calls.append([e.length for e in batch])
+        return np.array([e.length / 1000 for e in batch])
+
+    batcher = Batcher(run, BatchSettings(max_batch_size=8, max_wait_ms=200, max_queue=64))
+    batcher.start()
+
+    async def go():
+        return await asyncio.gather(batcher.submit([enc(30), enc(5)]), batcher.submit([enc(7)]),
+                                    batcher.submit([enc(400)]))
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert [list(r) for r in results] == [[0.03, 0.005], [0.007], [0.4]]
+    assert sum(len(c) for c in calls) == 4 and len(calls) < 4  # batched, not one call per instance
+    assert all(c == sorted(c) for c in calls)
+
+
+def test_full_queue_refuses_with_overloaded_and_never_grows():
+    release, started = threading.Event(), threading.Event()
+
+    def run(batch):
+        started.set()
+        release.wait(10)
+        return np.zeros(len(batch))
+
+    batcher = Batcher(run, BatchSettings(max_batch_size=1, max_wait_ms=0, max_queue=3))
+    batcher.start()
+
+    async def go():
+        first = asyncio.create_task(batcher.submit([enc(3)]))  # taken by the worker, which then blocks
+        assert await asyncio.to_thread(started.wait, 10)
+        queued = asyncio.create_task(batcher.submit([enc(3)] * 3))  # fills the queue exactly
+        while batcher.depth < 3:
+            await asyncio.sleep(0.01)
+        with pytest.raises(errors.Overloaded):
+            await batcher.submit([enc(3)])
+        assert batcher.depth == 3
+        release.set()
+        return await first, await queued
+
+    try:
+        first, queued = asyncio.run(go())
+    finally:
+        release.set()
+        batcher.stop()
+    assert len(first) == 1 and len(queued) == 3
+
+
+def test_a_failing_model_call_fails_its_requests_not_the_worker():
+    def run(batch):
+        if any(e.length == 13 for e in batch):
+            raise RuntimeError("boom")
+        return np.ones(len(batch))
+
+    batcher = Batcher(run, BatchSettings(max_batch_size=1, max_wait_ms=0))
+    batcher.start()
+
+    async def go():
+        with pytest.raises(RuntimeError):
+            await batcher.submit([enc(13)])
+        return await batcher.submit([enc(4)])
+
+    try:
+        assert list(asyncio.run(go())) == [1.0]
+    finally:
+        batcher.stop()
+
+
+def test_prediction_records_follow_the_contract_and_rotate(tmp_path):
+    log = PredictionLog(tmp_path / "p.jsonl", max_bytes=600, backups=2)
+    for _ in range(10):
+        log.write([record("3", 231, False, 0.985, 0.12, ts=1764201600.12)])
+    log.close()
+    line = json.loads((tmp_path / "p.jsonl.1").read_text().splitlines()[0])
+    assert line == {"ts": 1764201600.12, "model_version": "3", "input_tokens": 231, "truncated": False,
+                    "confidence": 0.985, "probability": 0.985, "label": "positive", "content": 0.12}
+    assert not (tmp_path / "p.jsonl.3").exists()  # only `backups` old files are kept
+    assert "text" in record("3", 5, False, 0.2, 0.0, text="hi")
+    assert record("3", 5, False, 0.2, 0.0)["confidence"] == 0.8
+
+
+def test_every_documented_serving_metric_is_exported():
+    documented = re.findall(r"^\| `(sentiment_[a-z_]+)` \|", DOCS.read_text(), flags=re.MULTILINE)
+    serving = [n for n in documented if not n.startswith("sentiment_drift")]
+    metrics = Metrics()
+    metrics.set_model("sentiment", "3", "abc", "onnx-int8")
+    metrics.observe_request("v1", 200, 0.01, None)
+    metrics.observe_request("v2", 503, 0.01, "overloaded")
+    metrics.observe_batch([12, 512], 1, [0.9, 0.2])
+    text = metrics.exposition().decode()
+    for name in serving:
+        assert re.search(rf"^{name}(_bucket|_total|_sum|_count)?[{{ ]", text, flags=re.MULTILINE), name
+    assert 'sentiment_model_info{backend="onnx-int8",model_name="sentiment",model_version="3",run_id="abc"} 1.0' \
+        in text
+    assert 'sentiment_errors_total{protocol="v2",reason="overloaded",status="503"} 1.0' in text
+    assert 'sentiment_predictions_total{label="negative"} 1.0' in text
+    assert "sentiment_truncated_total 1.0" in text
+
+
+def test_pyfunc_folder_artifacts_come_from_the_mlmodel_mapping(tmp_path):
+    (tmp_path / "artifacts" / "hf").mkdir(parents=True)
+    (tmp_path / "MLmodel").write_text(
+        "run_id: r42\nflavors:\n  python_function:\n    artifacts:\n"
+        "      model_dir: {path: artifacts/hf}\n      onnx: {path: artifacts/x}\n"
+        "      drift_reference: {path: artifacts/drift_reference.json}\n")
+    found = find_artifacts(tmp_path)
+    assert found == Artifacts(tmp_path / "artifacts/hf", tmp_path / "artifacts/x",
+                              tmp_path / "artifacts/drift_reference.json", "r42")
+    (tmp_path / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts: {}\n")
+    with pytest.raises(FileNotFoundError, match="model_dir"):
+        find_artifacts(tmp_path)
+
+
+def test_backend_choice(tmp_path):
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    plain = Artifacts(tmp_path)
+    assert choose_backend(plain, "auto", gpu=False) == "torch"  # no export: torch
+    (onnx / "model.onnx").write_bytes(b"")
+    exported = Artifacts(tmp_path, onnx)
+    report = ExportReport("int8", 0.8, 0.799, 0.1, 0.5, True, "t.parquet", 10, 1.0)
+    (onnx / "export.json").write_text(json.dumps(report.__dict__))
+    assert choose_backend(exported, "auto", gpu=False) == "onnx-int8"
+    assert choose_backend(exported, "auto", gpu=True) == "torch"  # the GPU path
+    assert choose_backend(exported, "torch", gpu=False) == "torch"  # an explicit choice wins
+    (onnx / "export.json").write_text(json.dumps({**report.__dict__, "precision": "fp32"}))
+    assert choose_backend(exported, "auto", gpu=False) == "onnx-fp32"  # int8 refused at registration
+
+
+@pytest.mark.parametrize(("fp32", "int8", "bound", "accepted"), [
+    (0.807, 0.805, 0.5, True),
+    (0.807, 0.80, 0.5, False),   # 0.7 points: refused
+    (0.80, 0.81, 0.5, True),     # a gain passes
+    (0.80, 0.795, 0.5, True),    # exactly at the bound
+])
+def test_int8_accuracy_bound(fp32, int8, bound, accepted):
+    assert int8_accepted(fp32, int8, bound)[0] is accepted
