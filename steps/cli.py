@@ -18,6 +18,7 @@ STAGES = {
     "predict": "steps.serve.client",
     "quickstart": "steps.quickstart",
     "drift": "steps.drift",
+    "rollout": "steps.rollout.cli",
 }
 # Orchestration commands live in workflows/ (which knows the stages only through this CLI).
 WORKFLOW_COMMANDS = {"render", "pipeline", "check"}

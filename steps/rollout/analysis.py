@@ -1,0 +1,92 @@
+"""Canary analysis: PromQL over Prometheus' HTTP API, stable against canary, selected by the `model_version` label.
+
+Where the label comes from: in the cluster the rollout patch puts the pod label `sentimentops.io/model-version` on
+each predictor and the ServiceMonitor/PodMonitor relabels it to `model_version`; locally the scrape config sets it
+as a target label. Errors are 5xx answers counted in `sentiment_requests_total{status}` (docs/metrics.md): a
+client's 4xx mistake is not the model's fault. The window is the analysis interval, or the canary's whole life
+for the final verdict.
+"""
+from __future__ import annotations
+
+import json
+import math
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+
+from steps.rollout.policy import Observation, Side
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus could not be queried or answered an error: the analysis cannot judge, and says so."""
+
+
+def _matchers(label: str, version: str, extra: dict[str, str], more: str = "") -> str:
+    parts = [f'{label}="{version}"'] + [f'{k}="{v}"' for k, v in sorted(extra.items())]
+    return "{" + ",".join(parts) + (f",{more}" if more else "") + "}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{max(1, math.ceil(seconds))}s"
+
+
+def queries(version: str, window_s: float, *, label: str = "model_version",
+            extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The PromQL for one deployment (one model version) over a window."""
+    extra, w = extra or {}, _duration(window_s)
+    sel = _matchers(label, version, extra)
+    errors = _matchers(label, version, extra, 'status=~"5.."')
+    return {
+        "requests": f"sum(increase(sentiment_requests_total{sel}[{w}]))",
+        "errors": f"sum(increase(sentiment_requests_total{errors}[{w}]))",
+        "p99_s": f"histogram_quantile(0.99, sum by (le) (rate(sentiment_request_duration_seconds_bucket{sel}[{w}])))",
+        "psi": f"max(max_over_time(sentiment_drift_psi{sel}[{w}]))",
+    }
+
+
+@dataclass
+class Prometheus:
+    """The instant-query endpoint, nothing else (urllib: no client library for one GET)."""
+
+    url: str
+    timeout_s: float = 10.0
+
+    def query(self, expr: str, at: float | None = None) -> float | None:
+        """A scalar from an instant vector query: the single sample's value, None when the vector is empty."""
+        params = {"query": expr} | ({"time": f"{at:.3f}"} if at is not None else {})
+        request = f"{self.url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+                body = json.load(answer)
+        except (OSError, ValueError) as err:
+            raise PrometheusError(f"{self.url}: {err}") from err
+        if body.get("status") != "success":
+            raise PrometheusError(f"{expr}: {body.get('errorType')}: {body.get('error')}")
+        result = body["data"]["result"]
+        if not result:
+            return None
+        if len(result) > 1:
+            raise PrometheusError(f"{expr}: expected one series, got {len(result)}")
+        value = float(result[0]["value"][1])
+        return value if math.isfinite(value) else None
+
+
+@dataclass
+class Probe:
+    """Observes stable and canary (two model versions) in one Prometheus."""
+
+    prometheus: Prometheus
+    label: str = "model_version"
+    extra: dict[str, str] = field(default_factory=dict)  # e.g. {"namespace": "sentimentops"}
+
+    def side(self, version: str, window_s: float) -> tuple[Side, float | None, dict[str, str]]:
+        q = queries(version, window_s, label=self.label, extra=self.extra)
+        values = {name: self.prometheus.query(expr) for name, expr in q.items()}
+        side = Side(requests=values["requests"] or 0.0, errors=values["errors"] or 0.0, p99_s=values["p99_s"])
+        return side, values["psi"], q
+
+    def observe(self, stable: str, canary: str, *, window_s: float, elapsed_s: float) -> Observation:
+        stable_side, _, _ = self.side(stable, window_s)
+        canary_side, psi, _ = self.side(canary, window_s)
+        return Observation(stable=stable_side, canary=canary_side, elapsed_s=elapsed_s, window_s=window_s,
+                           canary_psi=psi)

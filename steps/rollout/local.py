@@ -1,0 +1,289 @@
+"""The local target: the cluster's moving parts as processes on 127.0.0.1, for demos and tests.
+
+  stable predictor  `sentimentops serve --model-uri models:/sentiment/N --port P1`
+  canary predictor  the same for the candidate, on P2 (fault injection through its environment, tests only)
+  router            steps.rollout.router: canary_percent of requests to the canary (KServe's traffic split)
+  Prometheus        from Debian, a temp config scraping both predictors every second with the target labels
+                    model_version and role (what the ServiceMonitor's relabelling gives in the cluster)
+
+Everything is recorded in one JSON state file (replaced atomically): processes, routes (the router re-reads them),
+and `rollout` (the same sentimentops.io/rollout-* keys the InferenceService carries), so a crashed controller
+leaves a consistent picture for the next run. The processes run in their own sessions: they are the
+"deployment" and outlive the controller; `sentimentops rollout local down` stops them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from steps.rollout.load import LoadGenerator, load_reviews
+from steps.rollout.state import RolloutState, now_iso
+
+PROMETHEUS_CONFIG = """global:
+  scrape_interval: {scrape}
+  evaluation_interval: {scrape}
+scrape_configs:
+  - job_name: sentiment-local
+    metrics_path: /metrics
+    file_sd_configs:
+      - files: [{targets}]
+        refresh_interval: 1s
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of this process counts as dead
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def stop(pid: int | None, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group started for `pid`, SIGKILL after the grace period."""
+    if not alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        return
+    deadline = time.monotonic() + grace_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def sentimentops() -> str:
+    return str(Path(sys.executable).with_name("sentimentops"))
+
+
+@dataclass
+class LocalTarget:
+    folder: Path  # holds state.json, targets.json, logs, the Prometheus TSDB
+    registered_model: str = "sentiment"
+    canary_env: dict[str, str] = field(default_factory=dict)  # e.g. fault injection for the canary only
+    load_rps: float = 20.0
+    load_source: Path | None = None
+    seed: int = 0
+    kind: str = "local"
+
+    @property
+    def state_file(self) -> Path:
+        return self.folder / "state.json"
+
+    # ---- the JSON state ----------------------------------------------------------------------------------------
+    def read(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def write(self, data: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.state_file)  # the router and a re-run never see half a file
+        self._write_targets(data)
+
+    def _write_targets(self, data: dict) -> None:
+        groups = [{"targets": [f"127.0.0.1:{data[role]['port']}"],
+                   "labels": {"model_version": data[role]["version"], "role": role}}
+                  for role in ("stable", "canary") if data.get(role)]
+        tmp = self.folder / "targets.json.tmp"
+        tmp.write_text(json.dumps(groups, indent=2) + "\n")
+        os.replace(tmp, self.folder / "targets.json")
+
+    # ---- processes ---------------------------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        log = (self.folder / f"{name}.log").open("ab")
+        child_env = {**os.environ, "OMP_NUM_THREADS": "1", "SENTIMENTOPS_SERVE_NUM_THREADS": "1", **(env or {})}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
+        log.close()
+        return proc.pid
+
+    def _predictor(self, role: str, version: str, env: dict[str, str] | None = None) -> dict:
+        port = free_port()
+        pid = self._spawn(f"{role}-v{version}", [sentimentops(), "serve", "--model-uri",
+                                                 f"models:/{self.registered_model}/{version}", "--port", str(port)],
+                          {"SENTIMENTOPS_MODEL_VERSION": version, **(env or {})})
+        return {"version": version, "port": port, "pid": pid, "url": f"http://127.0.0.1:{port}"}
+
+    def up(self, stable_version: str, timeout_s: float = 120.0) -> dict:
+        """Start the stable predictor, the router and Prometheus (idempotent: running parts are kept)."""
+        data = self.read()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not (data.get("stable") and alive(data["stable"]["pid"])):
+            data["stable"] = self._predictor("stable", stable_version)
+        if not (data.get("router") and alive(data["router"]["pid"])):
+            port = free_port()
+            data["router"] = {"port": port, "url": f"http://127.0.0.1:{port}", "pid": self._spawn(
+                "router", [sys.executable, "-m", "steps.rollout.router", "--port", str(port),
+                           "--state", str(self.state_file), "--seed", str(self.seed)])}
+        if not (data.get("prometheus") and alive(data["prometheus"]["pid"])):
+            data["prometheus"] = self._prometheus()
+        data.setdefault("canary", None)
+        data["routes"] = {"stable": data["stable"]["url"], "canary": None, "canary_percent": 0}
+        self.write(data)
+        deadline = time.monotonic() + timeout_s
+        checks = {"stable": f"{data['stable']['url']}/v2/health/ready",
+                  "router": f"{data['router']['url']}/_router/health",
+                  "prometheus": f"{data['prometheus']['url']}/-/ready"}
+        for name, url in checks.items():
+            while not http_ok(url):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"local {name} not ready after {timeout_s:.0f} s; see {self.folder}/*.log")
+                time.sleep(0.5)
+        return data
+
+    def _prometheus(self) -> dict:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise FileNotFoundError("prometheus not found: apt-get install -y prometheus (Debian)")
+        port = free_port()
+        config = self.folder / "prometheus.yml"
+        config.write_text(PROMETHEUS_CONFIG.format(scrape="1s", targets=json.dumps(str(self.folder /
+                                                                                       "targets.json"))))
+        argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={self.folder / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d", "--log.level=warn"]
+        return {"port": port, "url": f"http://127.0.0.1:{port}", "pid": self._spawn("prometheus", argv)}
+
+    def down(self) -> None:
+        data = self.read()
+        for role in ("canary", "stable", "router", "prometheus"):
+            if data.get(role):
+                stop(data[role]["pid"])
+        for pid in data.get("retired", []) + [p.get("pid") for p in data.get("pending", [])]:
+            stop(pid)
+
+    def prometheus_url(self) -> str:
+        return self.read()["prometheus"]["url"]
+
+    def router_url(self) -> str:
+        return self.read()["router"]["url"]
+
+    # ---- the Target protocol -----------------------------------------------------------------------------------
+    def load_state(self) -> RolloutState | None:
+        return RolloutState.from_annotations(self.read().get("rollout"))
+
+    def save(self, state: RolloutState) -> None:
+        data = self.read()
+        data["rollout"] = state.to_annotations()
+        self.write(data)
+
+    def stable(self) -> tuple[str, str]:
+        stable = self.read().get("stable") or {}
+        version = stable.get("version", "")
+        return version, f"models:/{self.registered_model}/{version}" if version else ""
+
+    def artifact_uri(self, version: str, download_uri: str) -> str:
+        return download_uri
+
+    def deploy(self, state: RolloutState) -> RolloutState:
+        data = self.read()
+        if not data.get("stable"):
+            raise RuntimeError("no local stable deployment: run `sentimentops rollout local up` first")
+        for orphan in data.pop("pending", []):  # started by a run that crashed before recording it
+            stop(orphan["pid"])
+        if data.get("canary"):  # an older canary without a rollout record: retire it
+            data.setdefault("retired", []).append(data["canary"]["pid"])
+        canary = self._predictor("canary", state.candidate_version, self.canary_env)
+        # Recorded as pending at once, so a crash before the next write leaves no untracked process.
+        data.setdefault("pending", []).append(canary)
+        self.write(data)
+        data["pending"] = [p for p in data["pending"] if p["pid"] != canary["pid"]]
+        data["canary"] = canary
+        data["routes"] = {"stable": data["stable"]["url"], "canary": canary["url"], "canary_percent": state.percent}
+        data["rollout"] = state.to_annotations()
+        self.write(data)  # the canary, its traffic share and the record of both: one atomic replace
+        return state
+
+    def ready(self) -> tuple[bool, str]:
+        canary = self.read().get("canary")
+        if not canary:
+            return False, "no canary deployed"
+        if not alive(canary["pid"]):
+            return False, f"canary process {canary['pid']} exited; see {self.folder}/canary-v{canary['version']}.log"
+        ok = http_ok(f"{canary['url']}/v2/health/ready")
+        return ok, "ready" if ok else "canary not ready yet"
+
+    def promote(self, state: RolloutState) -> None:
+        data = self.read()
+        old, canary = data.get("stable"), data.get("canary")
+        if canary and canary["version"] == state.candidate_version:
+            data["stable"], data["canary"] = canary, None
+            if old:
+                data.setdefault("retired", []).append(old["pid"])
+        data["routes"] = {"stable": data["stable"]["url"], "canary": None, "canary_percent": 0}
+        data["rollout"] = state.to_annotations()
+        self.write(data)
+        self._reap(data)
+
+    def rollback(self, state: RolloutState) -> None:
+        data = self.read()
+        if data.get("canary"):
+            data.setdefault("retired", []).append(data["canary"]["pid"])
+            data["canary"] = None
+        data["routes"] = {"stable": data["stable"]["url"], "canary": None, "canary_percent": 0}
+        data["rollout"] = state.to_annotations()
+        self.write(data)
+        self._reap(data)
+
+    def _reap(self, data: dict) -> None:
+        for pid in data.get("retired", []):
+            stop(pid)
+        data["retired"] = []
+        self.write(data)
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        with (self.folder / "events.jsonl").open("a") as fh:
+            fh.write(json.dumps({"time": now_iso(), "type": "Warning" if warning else "Normal", "reason": reason,
+                                 "message": message}) + "\n")
+
+    def matchers(self) -> dict[str, str]:
+        return {"job": "sentiment-local"}
+
+    @contextmanager
+    def soak(self, state: RolloutState):
+        if self.load_rps <= 0:
+            yield None
+            return
+        generator = LoadGenerator(self.router_url(), load_reviews(self.load_source), rps=self.load_rps,
+                                  seed=self.seed).start()
+        try:
+            yield generator
+        finally:
+            summary = generator.stop()
+            print(f"rollout: local load during the soak: {summary}", flush=True)

@@ -1,0 +1,69 @@
+"""The rollout's side of the MLflow registry: resolve the candidate, move `champion`, record decisions.
+
+Decisions and their evidence go to two places a person looks: the candidate's model-version tags (`rollout.*`)
+and its training run (the same tags, plus the full evidence as `rollout/v<N>-<decision>.json`).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from steps.config import CommonSettings
+from steps.tracking import configure
+
+TAG_MAX = 5000  # MLflow's limit on a model-version tag value
+
+
+def storage_uri(download_uri: str, artifacts_destination: str = "") -> str:
+    """MLflow's download URI as KServe's storage initializer can read it: a proxied `mlflow-artifacts:/x` (the
+    server runs with --artifacts-destination) maps onto that destination, e.g. gs://bucket/artifacts/x."""
+    if download_uri.startswith("mlflow-artifacts:") and artifacts_destination:
+        path = re.sub(r"^mlflow-artifacts:(//[^/]*)?/*", "", download_uri)
+        return f"{artifacts_destination.rstrip('/')}/{path}"
+    return download_uri
+
+
+class Registry:
+    def __init__(self, settings: CommonSettings):
+        self.settings = settings
+        self.name = settings.registered_model
+        self.client = configure(settings)
+
+    def resolve(self, ref: str) -> tuple[str, str]:
+        """`challenger` / `@challenger` (an alias) or `4` (a version) -> (version, artifact download URI)."""
+        ref = ref.removeprefix("@")
+        if ref.isdigit():
+            version = self.client.get_model_version(self.name, ref)
+        else:
+            version = self.client.get_model_version_by_alias(self.name, ref)
+        return str(version.version), self.client.get_model_version_download_uri(self.name, version.version)
+
+    def alias(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException:
+            return None
+
+    def move_champion(self, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, "champion", version)
+
+    def tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.name, version).tags)
+
+    def record(self, version: str, tags: dict[str, str], evidence: dict | None = None,
+               artifact: str | None = None) -> None:
+        """`rollout.*` tags on the model version and on its training run; the evidence JSON as a run artifact."""
+        mv = self.client.get_model_version(self.name, version)
+        if evidence is not None:
+            text = json.dumps(evidence, separators=(",", ":"), sort_keys=True)
+            tags = {**tags, "rollout.evidence": text if len(text) <= TAG_MAX else
+                    json.dumps(evidence.get("final") or {}, separators=(",", ":"))[:TAG_MAX]}
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, str(value)[:TAG_MAX])
+        if mv.run_id:
+            for key, value in tags.items():
+                self.client.set_tag(mv.run_id, key, str(value)[:TAG_MAX])
+            if evidence is not None and artifact:
+                self.client.log_dict(mv.run_id, evidence, artifact)
