@@ -50,7 +50,7 @@ build() {  # build <dockerfile> <image> [build-arg ...]
   local file=$1 image=$2; shift 2
   local args=("${MOUNTS[@]}")
   for a in "$@"; do args+=(--build-arg "$a"); done
-  podman build --network=host --layers -f "$file" "${args[@]}" -t "$image" "$REPO"
+  podman build --format docker --network=host --layers -f "$file" "${args[@]}" -t "$image" "$REPO"
 }
 
 build images/base.Dockerfile "localhost/sentimentops-base:$TAG" "PYTHON_IMAGE=$BASE_PY"
@@ -63,7 +63,7 @@ rm -rf "$data" && mkdir -p "$data/out"
 chmod -R a+rX "$data/dataset" && chmod a+rwx "$data/out"
 
 echo "--- sentimentops --help in the validate image"
-podman run --rm --network=none "localhost/sentimentops-validate:$TAG" --help | head -3
+podman run --rm --network=none "localhost/sentimentops-validate:$TAG" --help
 echo "--- validate stage in the image (no network, read-only root, non-root user)"
 podman run --rm --network=none --read-only --tmpfs /tmp -e SENTIMENTOPS_PROFILE=local \
   -v "$data/dataset:/data:ro" -v "$data/out:/out" \
