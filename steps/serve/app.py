@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from steps.serve import faults
 from steps.serve.errors import (
     InvalidInput,
     NotFound,
@@ -122,6 +123,7 @@ def parse_v2(payload: Any) -> tuple[list[str], str | None, list[str]]:
 
 def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: bool = True) -> FastAPI:
     state = {"draining": False, "load_error": None}
+    fault = faults.from_env()  # off unless SENTIMENTOPS_SERVE_FAULT_* is set (canary tests)
 
     def load() -> None:
         try:
@@ -166,6 +168,8 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             if name is not None:
                 check_name(name)
             ready_or_raise()
+            if fault:
+                await fault.apply()
             payload = await read_json(request, model.options.limits.max_payload_bytes)
             response, code = JSONResponse(await answer(payload)), 200
         except Exception as exc:  # noqa: BLE001 - the status table decides, nothing escapes as a bare 500
