@@ -31,6 +31,7 @@ from hera.workflows.models import (
     Metadata,
     Mutex,
     PodGC,
+    PodSecurityContext,
     Synchronization,
     Toleration,
     TTLStrategy,
@@ -49,6 +50,7 @@ GPU_TOLERATION = Toleration(key="nvidia.com/gpu", operator="Equal", value="prese
 # One mutex name for every version of the template: a v0.1.0 and a v0.2.0 retrain must not overlap either
 # (they would race on the MLflow `challenger` alias and on the GPU pool).
 TRAINING_MUTEX = "sentiment-training"
+TRAINING_SERVICE_ACCOUNT = "sentimentops-training"
 
 
 def package_version() -> str:
@@ -98,7 +100,19 @@ def workflow_params(pkg_version: str) -> list[WorkflowParam]:
         WorkflowParam("image-registry", "europe-west4-docker.pkg.dev/sentimentops/sentimentops",
                       "Registry holding the per-stage images sentimentops-<stage>"),
         WorkflowParam("image-tag", pkg_version, "Tag of the per-stage images (defaults to the package version)"),
+        # The canary rollout after a passing registration (workflows/rollout.py); `make run` passes rollout=skip.
+        WorkflowParam("rollout", "canary", "After a registration that passes the promotion policy: canary (roll "
+                      "the new version out and let the canary analysis move champion) or skip", ("canary", "skip")),
+        *rollout_workflow_params(),
     ]
+
+
+def rollout_workflow_params() -> list[WorkflowParam]:
+    """The rollout template's parameters, as `rollout-<name>` here (the candidate is always `challenger`)."""
+    from workflows import rollout
+
+    return [WorkflowParam(f"rollout-{p.name}", p.default, p.description, p.enum)
+            for p in rollout.rollout_params() if p.name != "model"]
 
 
 def _retry(limit: int, policy: str, expression: str | None = None) -> RetryStrategy:
@@ -178,6 +192,19 @@ def stage_container(stage: Stage) -> Container:
     )
 
 
+def add_rollout(register) -> None:
+    """deploy-canary -> analyse -> promote | rollback after `register`, only when the policy passed and the
+    `rollout` parameter asks for it (the same task builders as the sentiment-rollout template)."""
+    from workflows import rollout
+
+    def source(param: str) -> str:
+        return "challenger" if param == "model" else f"{{{{workflow.parameters.rollout-{param}}}}}"
+
+    gate = (f"{{{{tasks.{register.name}.outputs.parameters.promoted}}}} == true"
+            " && {{workflow.parameters.rollout}} == canary")
+    rollout.add_rollout_tasks(prefix="rollout-", after=register, when=gate, reason_env=True, source=source)
+
+
 def build(pkg_version: str | None = None) -> WorkflowTemplate:
     """The `sentiment-training-v<version>` WorkflowTemplate."""
     pkg_version = pkg_version or package_version()
@@ -201,6 +228,11 @@ def build(pkg_version: str | None = None) -> WorkflowTemplate:
         ttl_strategy=TTLStrategy(seconds_after_success=86400, seconds_after_failure=604800),
         # Failed pods stay for `kubectl logs`; successful ones go as soon as they finish.
         pod_gc=PodGC(strategy="OnPodSuccess"),
+        # The chart's Workload Identity ServiceAccount (GSA sentimentops-training: buckets + MLflow, nothing else);
+        # the stage images run as uid 10001 (images/), so the pods refuse root (checkov CKV_ARGO_1/2).
+        service_account_name=TRAINING_SERVICE_ACCOUNT,
+        security_context=PodSecurityContext(run_as_non_root=True, run_as_user=10001, run_as_group=10001,
+                                            fs_group=10001),
     ) as wt:
         containers = {s.name: stage_container(s) for s in STAGES}
         with DAG(name="pipeline"):
@@ -217,4 +249,5 @@ def build(pkg_version: str | None = None) -> WorkflowTemplate:
             chain = [tasks[s.name] for s in STAGES]
             for upstream, downstream in pairwise(chain):
                 upstream >> downstream
+            add_rollout(tasks["register"])
     return wt
