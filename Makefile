@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	$(BIN)/python -m pip install -q -e '.[all,dev,infra]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,7 +25,7 @@ run: install
 	MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 $(BIN)/sentimentops quickstart
 
 ## make test: the suite, offline and deterministic (tests/conftest.py sets the offline switches too).
-test: install
+test: install tool-venvs
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -65,7 +65,7 @@ chart-files:
 	$(PYTHON) charts/sync_files.py
 
 ## make images-test (opt-in, root): build the base + validate images with podman and run the stage in them.
-images-test: install
+images-test: install tool-venvs
 	bash images/podman-test.sh
 
 ## make images-constraints: re-pin images/constraints.txt to the versions installed in .venv.
