@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -93,6 +94,10 @@ def run(app, settings: ServeSettings) -> None:
             app.state.serve["draining"] = True
             logging.getLogger("sentimentops.serve").info("signal %s: draining in-flight requests", sig)
             super().handle_exit(sig, frame)
+            # uvicorn re-raises captured signals after shutdown (exit status -15); a drained SIGTERM is a clean
+            # stop, so exit 0 (as it does as PID 1 in the container, where the re-raised signal is ignored).
+            if sig == signal.SIGTERM and self._captured_signals[-1:] == [sig]:
+                self._captured_signals.pop()
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=settings.grace_s, timeout_keep_alive=65, lifespan="on")
