@@ -78,3 +78,21 @@ images-constraints: install
 ## training run, and a prediction from the InferenceService. Needs docker or podman, kind, helm, kubectl, argo.
 e2e: install chart-files
 	bash scripts/e2e/run.sh
+
+## ---- serving: steps/serve/, Dockerfile.serve, benchmarks/serve/ ----
+.PHONY: image-test serve-bench serve-fuzz
+
+## make image-test (opt-in, root): build Dockerfile.serve with podman (debootstrap base, runc), run the predictor
+## in it (read-only root, non-root, --network=none), call /v2/health/ready and a V1 + V2 prediction, SIGTERM it.
+image-test: install
+	bash steps/serve/image_test.sh
+
+## make serve-bench (opt-in, minutes): full-size DistilBERT (random init) + its ONNX int8 export, then the project
+## predictor against the plain transformers-pipeline server at the same concurrency; table + benchmarks/serve/results.json.
+serve-bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve/make_model.py --kind distilbert --eval-rows 200 --out .sentimentops/bench-model
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve/bench.py --model .sentimentops/bench-model
+
+## make serve-fuzz (opt-in): a 2-minute schemathesis run against a served tiny model (asserts no 5xx).
+serve-fuzz: install
+	bash benchmarks/serve/fuzz.sh
