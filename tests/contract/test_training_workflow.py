@@ -175,7 +175,11 @@ def test_numbers_like_strings_are_quoted_for_go_yaml():
 
 def test_the_local_runner_reads_the_rendered_dag_in_stage_order():
     spec = load_spec(RENDERED)
-    assert [t.name for t in topological_order(spec)] == list(STAGE_CONTRACT)
+    order = [t.name for t in topological_order(spec)]
+    assert order[:len(STAGE_CONTRACT)] == list(STAGE_CONTRACT)
+    # then the canary rollout chained after register (tests/contract/test_rollout_workflow.py)
+    assert order[len(STAGE_CONTRACT):] == ["rollout-deploy-canary", "rollout-analyse", "rollout-promote",
+                                           "rollout-rollback"]
 
 
 # The checker is generic: later manifests (InferenceService, PrometheusRule, EventSource, CronWorkflow) reuse it.

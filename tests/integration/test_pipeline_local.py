@@ -26,7 +26,7 @@ TASKS = ["ingest", "validate", "version", "train", "evaluate", "register"]
 def pipeline(run_dir: Path, home: Path, source: Path, base_model: Path, *extra: str) -> tuple[int, dict]:
     params = {"profile": "local", "source": str(source), "sample-size": "240", "test-size": "100",
               "base-model": str(base_model), "epochs": "1", "batch-size": "16", "learning-rate": "1e-3",
-              "max-length": "64", "reason": "integration-test"}
+              "max-length": "64", "reason": "integration-test", "rollout": "skip"}
     argv = [CLI, "pipeline", "run", "--run-dir", str(run_dir), "--env", f"SENTIMENTOPS_HOME={home}",
             # The tiny test model is near chance: a zero baseline lets it become champion.
             "--env", "SENTIMENTOPS_REGISTER_BASELINE_ACCURACY=0.0", *extra]
