@@ -334,7 +334,7 @@ def train(model, input_ids: list[list[int]], labels: list[int], cfg: LoopConfig,
     global_batch = cfg.batch_size * ddp.world_size
     lr = scaled_learning_rate(cfg.learning_rate, cfg.reference_batch_size, global_batch, cfg.lr_scaling)
     optimizer = build_optimizer(model, lr, cfg.weight_decay, device)
-    warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total_steps))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 

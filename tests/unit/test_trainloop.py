@@ -1,0 +1,214 @@
+"""The training loop and batch scoring on CPU with a tiny DistilBERT (steps.trainloop)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from steps.trainloop import (
+    CHECKPOINT_NAME,
+    LoopConfig,
+    LoopResult,
+    StepLog,
+    choose_sdpa_backend,
+    compile_blocks,
+    linear_warmup_decay,
+    predict_proba,
+    resolve_precision,
+    scaled_learning_rate,
+    train,
+)
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "imdb"
+
+
+def build_tiny_classifier(out: Path, texts: list[str], *, dropout: float = 0.1) -> Path:
+    """STACK-NOTES recipe: a WordPiece tokenizer trained on the texts and DistilBertConfig(dim=32, n_layers=2,
+    n_heads=2, hidden_dim=64), saved with save_pretrained so that tests reload it with from_pretrained."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=800, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                           max_position_embeddings=512, pad_token_id=0, dropout=dropout,
+                           attention_dropout=dropout, seq_classif_dropout=dropout)
+    DistilBertForSequenceClassification(cfg).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+def load(model_dir: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def imdb(tmp_path_factory):
+    """(model dir, token ids, labels, pad id) for 160 IMDB sample reviews cut to 96 tokens."""
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)  # STACK-NOTES: 2 threads on 2 busy cores ran ~50x slower
+    table = pq.read_table(DATA / "sample_train.parquet", columns=["text", "label"]).to_pydict()
+    texts, labels = table["text"][:160], table["label"][:160]
+    model_dir = build_tiny_classifier(tmp_path_factory.mktemp("tiny"), table["text"][:400])
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok(texts, truncation=True, max_length=96)["input_ids"]
+    return model_dir, ids, labels, tok.pad_token_id
+
+
+def cfg(**kw) -> LoopConfig:
+    base = {"epochs": 2, "batch_size": 16, "max_length": 96, "log_every": 4, "learning_rate": 1e-3}
+    return LoopConfig(**{**base, **kw})
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resolve_precision_and_its_guard():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_learning_rate_rules_scale_from_the_reference_batch():
+    assert scaled_learning_rate(5e-5, 32, 128, "sqrt") == pytest.approx(1e-4)
+    assert scaled_learning_rate(5e-5, 32, 128, "linear") == pytest.approx(2e-4)
+    assert scaled_learning_rate(5e-5, 32, 128, "none") == 5e-5
+    with pytest.raises(ValueError, match="lr_scaling"):
+        scaled_learning_rate(5e-5, 32, 128, "cubic")
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero():
+    f = linear_warmup_decay(warmup_steps=4, total_steps=14)
+    assert [round(f(s), 3) for s in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert f(9) == pytest.approx(0.5)
+    assert f(14) == 0.0 and f(20) == 0.0
+    assert f(0) > 0  # the first step already moves the weights
+
+
+def test_same_seed_gives_identical_weights_and_logs(imdb):
+    model_dir, ids, labels, pad = imdb
+    logs_a: list[StepLog] = []
+    a, b = load(model_dir), load(model_dir)
+    res_a = train(a, ids, labels, cfg(), pad_id=pad, device="cpu", progress=False, on_log=logs_a.append)
+    res_b = train(b, ids, labels, cfg(), pad_id=pad, device="cpu", progress=False)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert res_a.final_loss == res_b.final_loss
+    assert not all(torch.equal(wa[k], v) for k, v in weights(load(model_dir)).items())  # it trained
+    # 160 reviews in batches of 16, 2 epochs: 20 steps, a log every 4 (loss read on the host only there)
+    assert res_a.steps == 20 and res_a.epochs_completed == 2 and res_a.resumed_from_step == 0
+    assert [log.step for log in logs_a] == [4, 8, 10, 12, 16, 20]  # + each epoch end
+    assert all(math.isfinite(log.loss) and log.tokens_per_s > 0 and log.mfu is None for log in logs_a)
+    assert res_a.precision == "fp32" and res_a.device == "cpu" and res_a.world_size == 1
+    # sqrt rule: 1e-3 at the reference batch 32 -> 1e-3 * sqrt(16 / 32) at batch 16
+    assert res_a.learning_rate == pytest.approx(1e-3 / math.sqrt(2))
+    assert logs_a[-1].learning_rate == 0.0
+
+
+def test_a_different_seed_gives_different_weights(imdb):
+    model_dir, ids, labels, pad = imdb
+    a, b = load(model_dir), load(model_dir)
+    train(a, ids, labels, cfg(epochs=1), pad_id=pad, device="cpu", progress=False)
+    train(b, ids, labels, cfg(epochs=1, seed=7), pad_id=pad, device="cpu", progress=False)
+    assert not all(torch.equal(v, weights(b)[k]) for k, v in weights(a).items())
+
+
+def test_resume_after_max_steps_equals_an_uninterrupted_run(imdb, tmp_path):
+    model_dir, ids, labels, pad = imdb
+    full = load(model_dir)
+    train(full, ids, labels, cfg(), pad_id=pad, device="cpu", progress=False)
+
+    part = load(model_dir)
+    first = train(part, ids, labels, cfg(max_steps=7), pad_id=pad, device="cpu", checkpoint_dir=tmp_path,
+                  progress=False)
+    assert first.steps == 7 and (tmp_path / CHECKPOINT_NAME).exists()
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]  # the atomic write left no temp file
+    # a fresh process would start from the pretrained weights again: so does this call
+    resumed_model = load(model_dir)
+    epochs: list[int] = []
+    second = train(resumed_model, ids, labels, cfg(), pad_id=pad, device="cpu", checkpoint_dir=tmp_path,
+                   progress=False, on_epoch_end=lambda e, r: epochs.append(e))
+    assert second.resumed_from_step == 7 and second.steps == 20 and second.epochs_completed == 2
+    assert epochs == [1, 2]  # step 7 was inside epoch 1 (10 steps per epoch)
+    expected = weights(full)
+    assert all(torch.equal(expected[k], v) for k, v in weights(resumed_model).items())
+    # a finished run resumes to "nothing left to do"
+    again = train(load(model_dir), ids, labels, cfg(), pad_id=pad, device="cpu", checkpoint_dir=tmp_path,
+                  progress=False)
+    assert again.resumed_from_step == 20 and again.steps == 20
+
+
+def test_resume_refuses_a_checkpoint_with_another_batch_plan(imdb, tmp_path):
+    model_dir, ids, labels, pad = imdb
+    train(load(model_dir), ids, labels, cfg(max_steps=2), pad_id=pad, device="cpu", checkpoint_dir=tmp_path,
+          progress=False)
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(load(model_dir), ids, labels, cfg(batch_size=8), pad_id=pad, device="cpu",
+              checkpoint_dir=tmp_path, progress=False)
+
+
+def test_the_loop_learns_a_separable_task(imdb):
+    """Label 1 iff the review contains token 7 (planted): a working loop must reach high accuracy."""
+    model_dir, ids, _, pad = imdb
+    gen = np.random.default_rng(0)
+    planted, labels = [], []
+    for row in ids:
+        y = int(gen.random() < 0.5)
+        body = [t if t != 7 else 8 for t in row[1:-1]]
+        if y:
+            body[int(gen.integers(len(body)))] = 7
+        planted.append([row[0], *body, row[-1]])
+        labels.append(y)
+    model = load(model_dir)
+    res = train(model, planted, labels, cfg(epochs=30, learning_rate=3e-3), pad_id=pad, device="cpu",
+                progress=False)
+    probs = predict_proba(model, planted, pad_id=pad, device="cpu")
+    assert ((probs > 0.5) == np.array(labels)).mean() >= 0.9, res.final_loss
+
+
+def test_predict_proba_keeps_the_original_order_and_ignores_padding(imdb):
+    model_dir, ids, _, pad = imdb
+    model = load(model_dir)
+    model.train()  # from_pretrained returns eval mode; scoring must switch dropout off and restore this
+    subset = ids[:40]
+    probs = predict_proba(model, subset, pad_id=pad, device="cpu", batch_size=8)
+    # one at a time: no padding at all, so the batched (sorted, padded, masked) result must match it
+    single = np.array([predict_proba(model, [x], pad_id=pad, device="cpu", batch_size=1)[0] for x in subset])
+    np.testing.assert_allclose(probs, single, atol=1e-5)
+    perm = np.random.default_rng(1).permutation(len(subset))
+    shuffled = predict_proba(model, [subset[i] for i in perm], pad_id=pad, device="cpu", batch_size=8)
+    np.testing.assert_allclose(shuffled, probs[perm], atol=1e-6)
+    assert probs.dtype == np.float32 and ((probs >= 0) & (probs <= 1)).all()
+    assert model.training  # scoring restores the caller's mode
+    assert predict_proba(model, [], pad_id=pad, device="cpu").shape == (0,)
+
+
+def test_cpu_choices_skip_sdpa_timing_and_compilation(imdb):
+    model_dir, ids, labels, pad = imdb
+    assert choose_sdpa_backend(load(model_dir), None, torch.device("cpu"), "fp32") == ("default", {})
+    res = train(load(model_dir), ids[:32], labels[:32], cfg(epochs=1, compile="auto"), pad_id=pad,
+                device="cpu", progress=False)
+    assert isinstance(res, LoopResult) and res.sdpa_backend == "default" and not res.compiled
+
+
+def test_regional_compile_wraps_each_transformer_block(imdb):
+    model = load(imdb[0])
+    assert compile_blocks(model) == 2  # the 2 layers of the tiny DistilBERT (compiled lazily, on first call)
