@@ -129,7 +129,7 @@ class LocalTarget:
     # ---- processes ---------------------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         log = (self.folder / f"{name}.log").open("ab")
-        child_env = {**os.environ, "OMP_NUM_THREADS": "1", "SENTIMENTOPS_SERVE_NUM_THREADS": "1", **(env or {})}
+        child_env = {**os.environ, "OMP_NUM_THREADS": "1", "SENTIMENTOPS_SERVE_THREADS": "1", **(env or {})}
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
         log.close()
         return proc.pid
