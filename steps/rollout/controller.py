@@ -184,6 +184,9 @@ class Controller:
         if state.decision != action:
             raise RolloutError(f"version {state.candidate_version} was decided {state.decision!r} "
                                f"({state.reason}), not {action!r}")
+        if state.phase in FINAL and self._recorded(state):  # a retried step: already done, say so only
+            self.say(f"version {state.candidate_version} already {state.phase}")
+            return state
         return self._apply(state)
 
     def _apply(self, state: RolloutState) -> RolloutState:
