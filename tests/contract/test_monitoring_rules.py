@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
 RULE_FILES = sorted((MONITORING / "rules").glob("*.yaml"))
 RULE_TESTS = sorted((MONITORING / "tests").glob("*_test.yaml"))
-ALERTMANAGER = MONITORING / "alertmanager" / "alertmanager.yml"
+ALERTMANAGER = MONITORING / "alertmanager" / "alertmanager.yaml"
 INSTALL = "apt-get install -y prometheus prometheus-alertmanager"
 
 
@@ -141,8 +141,8 @@ def am_config(tmp_path) -> Path:
     config = yaml.safe_load(ALERTMANAGER.read_text())
     assert config["global"]["slack_api_url_file"].startswith("/etc/alertmanager/secrets/")
     assert "slack_api_url" not in config["global"]
-    config["templates"] = [str(MONITORING / "alertmanager" / "templates" / "*.tmpl")]
-    path = tmp_path / "alertmanager.yml"
+    config["templates"] = [str(MONITORING / "alertmanager" / "*.tmpl")]
+    path = tmp_path / "alertmanager.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -196,7 +196,7 @@ def test_slack_templates_render():
     amtool = tool("amtool")
     text = ('{{ template "sentiment.slack.title" . }}|{{ template "sentiment.slack.color" . }}|'
             '{{ template "sentiment.slack.text" . }}')
-    done = run(amtool, "template", "render", f"--template.glob={MONITORING / 'alertmanager' / 'templates'}/*.tmpl",
+    done = run(amtool, "template", "render", f"--template.glob={MONITORING / 'alertmanager'}/*.tmpl",
                f"--template.text={text}")
     assert done.returncode == 0, done.stderr
     title, color, _ = done.stdout.split("|", 2)
