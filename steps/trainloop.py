@@ -177,11 +177,17 @@ def compile_blocks(model: nn.Module) -> int:
     return sum(len(s) for s in stacks)
 
 
-def _compile_wanted(mode: str, device: torch.device) -> bool:
+# Measured on an H100 (benchmarks/results/train_gpu_run1.json, DistilBERT-base, batch 256): regional
+# compilation costs ~13 s once and raises 2589 to 3210 samples/s, saving ~1.9 s per 25k-review epoch; it pays
+# from about 7 such epochs (175k samples) on.
+COMPILE_BREAK_EVEN_SAMPLES = 175_000
+
+
+def _compile_wanted(mode: str, device: torch.device, samples: int) -> bool:
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"compile must be auto, on or off, got {mode!r}")
-    # auto: off. On an H100 compiling paid nothing measurable (STACK-NOTES: 2378 vs 2348 samples/s at batch
-    # 256, plus 90 s of compilation); benchmarks/train_gpu.py re-measures it with the no-sync loop.
+    if mode == "auto":  # never on CPU: compilation there costs minutes on 2 cores and tests need none
+        return device.type == "cuda" and samples >= COMPILE_BREAK_EVEN_SAMPLES
     return mode == "on"
 
 
@@ -347,7 +353,7 @@ def train(model, input_ids: list[list[int]], labels: list[int], cfg: LoopConfig,
 
     backend, backend_ms = _pick_backend(cfg, model, input_ids, labels, plan0, ddp, device, precision, pad_id,
                                         multiple)
-    compiled = _compile_wanted(cfg.compile, device) and compile_blocks(model) > 0
+    compiled = _compile_wanted(cfg.compile, device, len(lengths) * cfg.epochs) and compile_blocks(model) > 0
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                               else None) if ddp.world_size > 1 else model
     peak = cfg.peak_flops or known_peak_flops(device)
@@ -517,10 +523,12 @@ def _load_checkpoint(path, model, optimizer, scheduler, scaler, state, ddp, n_sa
 
 def predict_proba(model, input_ids: list[list[int]], *, pad_id: int, batch_size: int = 256, device=None,
                   precision: str = "auto", length_multiple: int = 64, max_length: int = 512,
-                  max_tokens: int | None = None, cpu_length_multiple: int = 8) -> np.ndarray:
+                  max_tokens: int | None = None, cpu_length_multiple: int = 8,
+                  sdpa_backend: str = "default") -> np.ndarray:
     """Batch scoring: inference_mode, length-sorted batches, bf16 on GPU; returns P(label==1) in the ORIGINAL
     order. Probabilities stay on the device until the end (no per-batch sync); max_tokens optionally lets
-    batches of short reviews grow (see steps.batching.plan_inference)."""
+    batches of short reviews grow (see steps.batching.plan_inference; on an H100 it was slower: 5053 against
+    8691 reviews/s, since every batch then has a new shape). sdpa_backend pins the attention kernel on CUDA."""
     device = torch.device(device) if device is not None else default_device()
     precision = resolve_precision(precision, device)
     multiple = effective_multiple(length_multiple, device, cpu_length_multiple)
@@ -535,7 +543,8 @@ def predict_proba(model, input_ids: list[list[int]], *, pad_id: int, batch_size:
     batches = [collate(input_ids, idx, pad_id=pad_id, multiple=multiple, max_length=max_length, pin=pin)
                for idx in order]
     outputs = []
-    with torch.inference_mode(), autocast(device, precision):
+    backend = sdpa_backend if device.type == "cuda" else "default"
+    with torch.inference_mode(), autocast(device, precision), sdpa_context(backend):
         for batch in batches:
             ids, mask, _ = batch.to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits
