@@ -158,6 +158,18 @@ def test_drift_starts_a_retrain_whose_reason_is_in_mlflow(loop, imdb_dir, tiny_m
     artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id, "evaluation")}
     assert "evaluation/drift_reference.json" in artifacts
 
+    # ... and `drift report` finds it through the registry: Evidently's report of the records, logged to MLflow
+    out = loop["log"].parent / "report"
+    done = subprocess.run([sys.executable, "-m", "steps.cli", "drift", "report", "--records", str(loop["log"]),
+                           "--model-uri", f"models:/sentiment/{version.version}", "--out", str(out)],
+                          check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SENTIMENTOPS_HOME": str(loop["home"])})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads((out / "drift.json").read_text())
+    assert summary["records"] == 4 * WINDOW and "input_tokens" in summary["drifted"]
+    drift_runs = client.search_runs([client.get_experiment_by_name("sentiment-training-drift").experiment_id])
+    assert [r.info.run_id for r in drift_runs] == [summary["mlflow_run_id"]]
+
 
 def _healthy(url: str) -> bool:
     try:
