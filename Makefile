@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: run test install render lint clean
+.PHONY: run test install render lint clean prometheus-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,17 @@ run: install
 	MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 $(BIN)/sentimentops quickstart
 
 ## make test: the suite, offline and deterministic (tests/conftest.py sets the offline switches too).
-test: install tool-venvs
+test: install tool-venvs prometheus-tools
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## Prometheus, promtool, Alertmanager and amtool from Debian: the monitoring and rollout tests start them on
+## 127.0.0.1 (rule unit tests, dashboard queries on really scraped data, the canary analysis).
+prometheus-tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+	    prometheus prometheus-alertmanager; }
 
 render: install
 	$(BIN)/sentimentops render
@@ -65,7 +73,7 @@ chart-files:
 	$(PYTHON) charts/sync_files.py
 
 ## make images-test (opt-in, root): build the base + validate images with podman and run the stage in them.
-images-test: install tool-venvs
+images-test: install tool-venvs prometheus-tools
 	bash images/podman-test.sh
 
 ## make images-constraints: re-pin images/constraints.txt to the versions installed in .venv.
