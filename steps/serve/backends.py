@@ -7,7 +7,6 @@ classes, so the accuracy bound is measured on exactly what is served.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,16 +85,19 @@ def softmax_positive(logits: np.ndarray, index: int) -> np.ndarray:
 
 
 class OnnxBackend:
-    """ONNX Runtime on CPU: one session, intra-op threads = the cores we may use; the batcher calls it from one
-    thread, so batches never compete with each other for the cores."""
+    """ONNX Runtime on CPU: one session (thread-safe), called concurrently by the batcher's workers, each call
+    with `threads` intra-op threads (1 by default: one worker per core)."""
 
     def __init__(self, onnx_path: Path, model_dir: Path, name: str, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads or 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between ops: on a shared node (or under a CPU limit) spinning threads burn the quota
+        # that the next batch needs; measured here under load, 1x300 tokens took 130 ms without spinning, 382 with.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.index = positive_index(model_dir)

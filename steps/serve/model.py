@@ -9,7 +9,9 @@ a GPU). The serve image holds no torch: there the ONNX artifact is required.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +114,8 @@ def check_texts(items: Any, what: str) -> list[str]:
 @dataclass
 class ServeOptions:
     backend: str = "auto"            # auto | onnx-int8 | onnx-fp32 | torch
-    threads: int | None = None       # intra-op threads (default: the cores this process may use)
+    threads: int | None = None       # intra-op threads per model call (ONNX default 1; torch: the cores)
+    workers: int | None = None       # model-calling threads (ONNX default: one per core; torch: 1)
     limits: Limits = field(default_factory=Limits)
     batching: BatchSettings = field(default_factory=BatchSettings)
     log_text: bool = False
@@ -139,25 +142,30 @@ class SentimentModel(kserve.Model):
             self.info = ModelInfo(self.info.name, self.info.version, artifacts.run_id)
         self.encoder = TextEncoder(artifacts.model_dir, self.options.limits.max_tokens)
         name = choose_backend(artifacts, self.options.backend, gpu_present())
+        cores = len(os.sched_getaffinity(0))
         if name.startswith("onnx"):
             if artifacts.onnx_dir is None:
                 raise FileNotFoundError(f"{self.model_dir}: backend {name} asked for, but no ONNX artifact")
-            self.backend = OnnxBackend(artifacts.onnx_dir / "model.onnx", artifacts.model_dir, name,
-                                       self.options.threads)
+            # one single-threaded call per core (steps/serve/batching.py says why); one session serves them all
+            workers = self.options.workers or cores
+            threads = self.options.threads or max(1, cores // workers)
+            self.backend = OnnxBackend(artifacts.onnx_dir / "model.onnx", artifacts.model_dir, name, threads)
         else:
+            workers = self.options.workers or 1
             self.backend = TorchBackend(artifacts.model_dir, threads=self.options.threads)
         self.backend_name = name
         start = time.perf_counter()
         self._run(self.encoder.encode([WARMUP_TEXT]))
-        self.batcher = Batcher(self._run, self.options.batching, on_batch=self._observe,
+        batching = dataclasses.replace(self.options.batching, workers=workers)
+        self.batcher = Batcher(self._run, batching, on_batch=self._observe,
                                on_depth=(self.metrics.queue_depth.set if self.metrics else None))
         self.batcher.start()
         if self.metrics is not None:
             self.metrics.set_model(self.info.name, self.info.version, self.info.run_id, name)
             self.metrics.model_ready.set(1)
         self.ready = True
-        log.info("loaded %s version %s (%s) from %s; warm-up %.0f ms", self.info.name, self.info.version, name,
-                 artifacts.model_dir, (time.perf_counter() - start) * 1000)
+        log.info("loaded %s version %s (%s, %d workers) from %s; warm-up %.0f ms", self.info.name,
+                 self.info.version, name, workers, artifacts.model_dir, (time.perf_counter() - start) * 1000)
         return self.ready
 
     def stop(self) -> None:

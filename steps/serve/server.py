@@ -33,7 +33,9 @@ class ServeSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 in the container).")
     port: int = 8080
     backend: str = Field("auto", description="auto | onnx-int8 | onnx-fp32 | torch")
-    threads: int | None = Field(None, description="Model intra-op threads (default: the usable cores).")
+    threads: int | None = Field(None, description="Intra-op threads per model call (ONNX default 1).")
+    workers: int | None = Field(None, description="Model-calling threads (ONNX default: one per core).")
+    max_padding: float = 0.25
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 256
@@ -65,11 +67,12 @@ def options_from(settings: ServeSettings) -> ServeOptions:
     if settings.truncation not in ("truncate", "reject"):
         raise ValueError(f"truncation must be truncate or reject, got {settings.truncation!r}")
     return ServeOptions(
-        backend=settings.backend, threads=settings.threads, log_text=settings.log_text,
+        backend=settings.backend, threads=settings.threads, workers=settings.workers, log_text=settings.log_text,
         limits=Limits(max_payload_bytes=settings.max_payload_bytes, max_instances=settings.max_instances,
                       truncation=settings.truncation),
         batching=BatchSettings(max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
-                               max_queue=settings.max_queue, max_batch_tokens=settings.max_batch_tokens))
+                               max_queue=settings.max_queue, max_batch_tokens=settings.max_batch_tokens,
+                               max_padding=settings.max_padding))
 
 
 def build(folder: Path, info: ModelInfo, settings: ServeSettings):
@@ -114,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-version", default=os.environ.get("SENTIMENTOPS_MODEL_VERSION", "unversioned"))
     for flag in ("host", "backend", "truncation"):
         parser.add_argument(f"--{flag}")
-    for flag in ("port", "threads", "max-batch-size", "max-queue", "max-batch-tokens", "max-payload-bytes",
+    for flag in ("port", "threads", "workers", "max-batch-size", "max-queue", "max-batch-tokens", "max-payload-bytes",
                  "max-instances", "grace-s"):
         parser.add_argument(f"--{flag}", type=int)
     parser.add_argument("--max-wait-ms", type=float)
+    parser.add_argument("--max-padding", type=float)
     parser.add_argument("--prediction-log", type=Path)
     parser.add_argument("--log-text", action="store_true", default=None)
     args = parser.parse_args(argv)

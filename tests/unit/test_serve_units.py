@@ -94,6 +94,32 @@ def test_length_groups_are_sorted_and_within_the_token_budget():
     assert group_by_length([0], [4000], 1024) == [[0]]  # longer than the budget: alone, not dropped
 
 
+def test_length_groups_bound_their_padding():
+    lengths = [40, 42, 45, 50, 120, 130, 500, 510]
+    groups = group_by_length(list(range(8)), lengths, max_batch_tokens=8192, max_padding=0.25)
+    for g in groups:
+        real = sum(lengths[i] for i in g)
+        assert max(lengths[i] for i in g) * len(g) <= 1.25 * real
+    assert [len(g) for g in groups] == [4, 2, 2]  # snippets together, long reviews together
+
+
+def test_several_workers_split_requests_safely():
+    def run(batch):
+        return np.array([e.length / 1000 for e in batch])
+
+    batcher = Batcher(run, BatchSettings(max_batch_size=2, max_wait_ms=1, workers=2))
+    batcher.start()
+
+    async def go():
+        return await asyncio.gather(*(batcher.submit([enc(n), enc(n + 1), enc(n + 2)]) for n in range(1, 40, 3)))
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert [list(r) for r in results] == [[n / 1000, (n + 1) / 1000, (n + 2) / 1000] for n in range(1, 40, 3)]
+
+
 def enc(n: int) -> Encoded:
     return Encoded(ids=list(range(n)), truncated=False, content=0.0)
 
