@@ -12,9 +12,11 @@ import torch
 
 from steps.trainloop import (
     CHECKPOINT_NAME,
+    MIN_OPTIMIZER_STEPS,
     LoopConfig,
     LoopResult,
     StepLog,
+    batch_size_for,
     choose_sdpa_backend,
     compile_blocks,
     linear_warmup_decay,
@@ -212,3 +214,46 @@ def test_cpu_choices_skip_sdpa_timing_and_compilation(imdb):
 def test_regional_compile_wraps_each_transformer_block(imdb):
     model = load(imdb[0])
     assert compile_blocks(model) == 2  # the 2 layers of the tiny DistilBERT (compiled lazily, on first call)
+
+
+def test_regional_compile_static_shapes_raises_the_recompile_limit_and_is_idempotent(imdb):
+    import torch._dynamo.config as dynamo_config
+
+    model = load(imdb[0])
+    assert compile_blocks(model, "static") == 2 and model._trainloop_compiled == "static"
+    limit = getattr(dynamo_config, "recompile_limit", None) or dynamo_config.cache_size_limit
+    assert limit >= 16  # 8 buckets of 64 plus leftover batches, in training and in scoring
+    wrapped = model.distilbert.transformer.layer[0]._compiled_call_impl
+    assert compile_blocks(model, "static") == 2  # same mode: nothing re-wrapped
+    assert model.distilbert.transformer.layer[0]._compiled_call_impl is wrapped
+    with pytest.raises(ValueError):
+        compile_blocks(model, "sometimes")
+
+
+def test_batch_size_by_data_size():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert batch_size_for(10_000, 2, cpu) == 32
+    # the quality check's 10k reviews x 2 epochs: 128 would leave 156 steps (under-trained in runs 1-2)
+    assert batch_size_for(10_000, 2, cuda) == 64
+    assert batch_size_for(25_000, 1, cuda) == 64  # one IMDB epoch: 195 steps at 128
+    assert batch_size_for(25_000, 3, cuda) == 128  # 292 steps at 256, 585 at 128
+    assert batch_size_for(25_000, 4, cuda) == 256
+    assert batch_size_for(100_000, 1, cuda) == 256
+    assert batch_size_for(100_000, 1, cuda, world_size=4) == 64
+    assert batch_size_for(256 * MIN_OPTIMIZER_STEPS, 1, cuda) == 256
+
+
+def test_batch_size_zero_resolves_by_data_size_and_bad_options_are_refused(imdb):
+    model_dir, ids, labels, pad = imdb
+    res = train(load(model_dir), ids[:64], labels[:64], cfg(epochs=1, batch_size=0), pad_id=pad, device="cpu",
+                progress=False)
+    assert res.batch_size == 32 and res.steps == 2
+    with pytest.raises(ValueError):
+        train(load(model_dir), ids[:8], labels[:8], cfg(compile_shapes="some"), pad_id=pad, device="cpu",
+              progress=False)
+    with pytest.raises(ValueError):
+        predict_proba(load(model_dir), ids[:4], pad_id=pad, device="cpu", compile="always")
+    # compile is a CUDA option: on CPU scoring runs eager and gives the same numbers
+    model = load(model_dir)
+    np.testing.assert_allclose(predict_proba(model, ids[:16], pad_id=pad, device="cpu", compile="static"),
+                               predict_proba(model, ids[:16], pad_id=pad, device="cpu"), atol=0)
