@@ -29,7 +29,8 @@ class TrainSettings(CommonSettings):
     base_model: str = Field("distilbert-base-uncased", description="Hub id or local folder of the encoder.")
     fallback_base_model: str = Field("", description="Offline fallback: a folder or `package:<module>`.")
     epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1, description="Per-process batch size.")
+    batch_size: int = Field(0, ge=0, description="Per-process batch size; 0 = chosen by data size and device "
+                            "(steps.trainloop.batch_size_for: large batches on a GPU, 32 on CPU).")
     learning_rate: float = Field(5e-5, gt=0, description="Learning rate at batch size 32 (scaled for larger).")
     max_length: int = Field(512, ge=8, le=512, description="Tokens per review; longer reviews are truncated.")
     seed: int = 42
@@ -127,6 +128,8 @@ def run_training(dataset: Path, version: Path, out: Path, settings: TrainSetting
             summary["mfu"] = result.mfu
         mlflow.log_metrics(summary)
         mlflow.set_tag("device", f"{result.device} ({result.precision}, world size {result.world_size})")
+        mlflow.log_params({"batch_size_used": result.batch_size, "learning_rate_used": result.learning_rate,
+                           "sdpa_backend": result.sdpa_backend, "compiled": result.compiled})
         model_dir = out / "model"
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)

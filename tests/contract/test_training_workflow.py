@@ -162,7 +162,7 @@ def test_workflow_level_settings(doc):
     assert {k: params[k]["value"] for k in ("source", "sample-size", "test-size", "val-fraction", "seed",
             "base-model", "epochs", "batch-size", "learning-rate", "max-length", "profile", "reason")} == {
         "source": "hf:stanfordnlp/imdb", "sample-size": "0", "test-size": "0", "val-fraction": "0.1",
-        "seed": "42", "base-model": "distilbert-base-uncased", "epochs": "2", "batch-size": "32",
+        "seed": "42", "base-model": "distilbert-base-uncased", "epochs": "2", "batch-size": "0",
         "learning-rate": "5e-5", "max-length": "512", "profile": "gke", "reason": "manual"}
     assert all(p["description"] for p in params.values())
 
