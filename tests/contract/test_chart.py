@@ -169,7 +169,8 @@ def test_service_accounts_carry_workload_identity_on_gke_only(chart):
     for name, docs in (("default", render(chart)), ("gke", render(chart, load_values("gke")))):
         sas = by_kind(docs, "ServiceAccount")
         assert set(sas) == {"sentimentops-training", "sentimentops-serving", "sentimentops-pipeline",
-                            "sentimentops-mlflow"}
+                            "sentimentops-mlflow", "sentiment-retrain-sensor"}
+        assert "annotations" not in sas["sentiment-retrain-sensor"]["metadata"]  # no Google identity needed
         for role, spec in gke_values.items():
             annotations = sas[spec["name"]]["metadata"].get("annotations") or {}
             expected = {"iam.gke.io/gcp-service-account": spec["gcpServiceAccount"]} if name == "gke" else {}
@@ -285,3 +286,190 @@ def test_checkov_argo_workflows(checkov_reports):
     if failed:
         pytest.xfail(f"{sorted(failed)} on the Hera-rendered WorkflowTemplate: set service_account_name and "
                      "a non-root security_context in workflows/training.py")
+
+
+# ---- wiring for the canary analysis, the drift monitor, the retrain trigger and their secrets ------------------
+
+def _isvc(docs: list[dict]) -> dict:
+    return by_kind(docs, "InferenceService")["sentiment"]
+
+
+def _containers(docs: list[dict]) -> dict[str, dict]:
+    return {c["name"]: c for c in _isvc(docs)["spec"]["predictor"]["containers"]}
+
+
+def _drift_flags(container: dict) -> dict[str, str]:
+    """`sh -c SCRIPT $0 FLAG VALUE ...` -> {flag: value} of the drift-monitor's `drift watch` call."""
+    args = container["args"][2:]
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
+def test_service_monitor_relabels_pod_labels_for_version_and_role(rendered):
+    _, docs = rendered
+    monitor = by_kind(docs, "ServiceMonitor")["sentiment"]
+    endpoints = {e["port"]: e for e in monitor["spec"]["endpoints"]}
+    assert set(endpoints) == {"metrics", "drift-metrics"}
+    for endpoint in endpoints.values():
+        relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+        assert relabel["model_version"] == ["__meta_kubernetes_pod_label_sentimentops_io_model_version"]
+        assert relabel["role"] == ["__meta_kubernetes_pod_label_sentimentops_io_role"]
+        assert relabel["pod"] == ["__meta_kubernetes_pod_name"]
+    # The label names the rollout writes and the relabelling reads are the same (Prometheus: [^a-zA-Z0-9_] -> _).
+    from steps.rollout.kserve import VERSION_LABEL
+
+    assert "__meta_kubernetes_pod_label_" + VERSION_LABEL.replace(".", "_").replace("/", "_").replace("-", "_") \
+        == "__meta_kubernetes_pod_label_sentimentops_io_model_version"
+    # The recording rules select on exactly these two target labels.
+    rules = (REPO / "monitoring" / "rules" / "sentiment-recording.yaml").read_text()
+    assert 'role="canary"' in rules and "model_version" in rules
+    svc = by_kind(docs, "Service")["sentiment-metrics"]
+    assert svc["spec"]["selector"] == {"serving.kserve.io/inferenceservice": "sentiment"}
+    assert {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]} == {"metrics": 8080, "drift-metrics": 9108}
+
+
+def test_initial_predictor_carries_version_and_stable_role_labels(chart):
+    labels = _isvc(render(chart))["spec"]["predictor"]["labels"]
+    assert labels == {"sentimentops.io/role": "stable"}  # no version given: no empty label value
+    isvc = _isvc(render(chart, {"inferenceService": {"modelVersion": "3"}}))
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["labels"] == {"sentimentops.io/role": "stable", "sentimentops.io/model-version": "3"}
+    assert {"name": "SENTIMENTOPS_MODEL_VERSION", "value": "3"} in predictor["containers"][0]["env"]
+    from steps.rollout.kserve import predictor_for, served_version
+    from workflows.schema_check import manifest_errors
+
+    assert served_version(predictor)[0] == "3"
+    # The rollout's candidate keeps the drift sidecar untouched and only rewrites the model server and the label.
+    candidate = predictor_for(predictor, "4", "gs://sentimentops-mlflow/artifacts/4")
+    assert candidate["labels"]["sentimentops.io/model-version"] == "4"
+    assert candidate["containers"][1] == predictor["containers"][1]
+    assert "--prediction-log" in candidate["containers"][0]["args"]
+    assert manifest_errors(isvc | {"spec": {"predictor": candidate}}) == []
+    with pytest.raises(helm.HelmValuesError, match="modelVersion"):
+        render(chart, {"inferenceService": {"modelVersion": "v3"}})
+
+
+def test_drift_monitor_sidecar_reads_the_predictors_records(rendered):
+    _, docs = rendered
+    containers = _containers(docs)
+    assert list(containers) == ["kserve-container", "drift-monitor"]  # the model server stays first
+    server, drift = containers["kserve-container"], containers["drift-monitor"]
+    records = server["args"][server["args"].index("--prediction-log") + 1]
+    flags = _drift_flags(drift)
+    assert drift["command"] == ["sh", "-c"] and "sentimentops drift watch \"$@\"" in drift["args"][0]
+    assert flags["--records"] == records
+    assert flags["--model-dir"] == "/mnt/models"
+    assert flags["--host"] == "0.0.0.0" and flags["--port"] == "9108"
+    assert flags["--webhook-url"] == f"http://sentiment-retrain-eventsource-svc.{NAMESPACE}.svc:12000/retrain"
+    assert flags["--webhook-token-file"] == "/etc/sentimentops/retrain-webhook/token"
+    # Every flag is one `sentimentops drift watch` accepts.
+    helptext = subprocess.run([str(REPO / ".venv" / "bin" / "sentimentops"), "drift", "watch", "--help"],
+                              check=True, capture_output=True, text=True, timeout=120).stdout
+    assert all(f in helptext for f in flags), flags
+    # Knative (Serverless on GKE) allows ports on one container only: the sidecar declares none.
+    assert "ports" not in drift and server["ports"][0]["containerPort"] == 8080
+    volumes = {v["name"]: v for v in _isvc(docs)["spec"]["predictor"]["volumes"]}
+    mounts = {m["name"]: m for m in drift["volumeMounts"]}
+    assert {m["name"]: m["mountPath"] for m in server["volumeMounts"]}["predictions"] == str(Path(records).parent)
+    assert mounts["predictions"]["readOnly"] is True and "emptyDir" in volumes["predictions"]
+    # KServe's storage-initializer volume, declared so the sidecar shares the model folder (and its reference).
+    assert mounts["kserve-provision-location"] == {"name": "kserve-provision-location", "mountPath": "/mnt/models",
+                                                   "readOnly": True}
+    assert volumes["kserve-provision-location"] == {"name": "kserve-provision-location", "emptyDir": {}}
+    assert volumes["retrain-webhook"]["secret"] == {"secretName": "sentiment-retrain-webhook", "optional": True}
+    assert drift["image"] == server["image"]
+
+
+def test_drift_monitor_can_be_switched_off_and_pointed_elsewhere(chart):
+    off = render(chart, {"drift": {"enabled": False}})
+    assert list(_containers(off)) == ["kserve-container"]
+    assert "--prediction-log" not in _containers(off)["kserve-container"]["args"]
+    assert [e["port"] for e in by_kind(off, "ServiceMonitor")["sentiment"]["spec"]["endpoints"]] == ["metrics"]
+    # No EventSource installed (kind): no webhook, no token mount.
+    kind = render(chart, {"workflows": {"kinds": ["WorkflowTemplate", "CronWorkflow"]}})
+    flags = _drift_flags(_containers(kind)["drift-monitor"])
+    assert "--webhook-url" not in flags and "--webhook-token-file" not in flags
+    assert "retrain-webhook" not in {v["name"] for v in _isvc(kind)["spec"]["predictor"]["volumes"]}
+    assert "sentiment-retrain-sensor" not in by_kind(kind, "Role")
+    elsewhere = render(chart, {"drift": {"webhookUrl": "http://hooks.example:8080/retrain"},
+                               "secrets": {"retrainWebhook": {"existingSecret": "sentiment-retrain-webhook"}}})
+    assert _drift_flags(_containers(elsewhere)["drift-monitor"])["--webhook-url"] == "http://hooks.example:8080/retrain"
+    with pytest.raises(helm.HelmValuesError, match="port"):
+        render(chart, {"drift": {"port": 8080}})
+
+
+def test_retrain_sensor_may_only_create_workflows_here(rendered):
+    _, docs = rendered
+    sensor = next(d for d in docs if d["kind"] == "Sensor")
+    account = sensor["spec"]["template"]["serviceAccountName"]
+    assert account == "sentiment-retrain-sensor" and account in by_kind(docs, "ServiceAccount")
+    assert by_kind(docs, "ServiceAccount")[account]["automountServiceAccountToken"] is True
+    role = by_kind(docs, "Role")[account]
+    assert role["rules"] == [{"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["create"]}]
+    binding = by_kind(docs, "RoleBinding")[account]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    # What the trigger submits is a Workflow (in the Sensor's namespace) from a template this chart installs.
+    resource = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]["source"]["resource"]
+    assert resource["kind"] == "Workflow" and "namespace" not in resource["metadata"]
+    assert resource["spec"]["workflowTemplateRef"]["name"] in by_kind(docs, "WorkflowTemplate")
+
+
+def test_secrets_come_only_from_values(chart, rendered):
+    _, docs = rendered
+    assert not {"sentiment-retrain-webhook", "sentiment-alertmanager-slack"} & set(by_kind(docs, "Secret"))
+    eventsource = next(d for d in docs if d["kind"] == "EventSource")
+    assert eventsource["spec"]["webhook"]["drift"]["authSecret"] == {"key": "token", "name": "sentiment-retrain-webhook"}
+    alertmanager = (REPO / "monitoring" / "alertmanager" / "alertmanager.yaml").read_text()
+    assert "/etc/alertmanager/secrets/sentiment-alertmanager-slack/webhook-url" in alertmanager
+    assert "/etc/alertmanager/secrets/sentiment-retrain-webhook/token" in alertmanager
+
+    import base64
+
+    given = render(chart, {"secrets": {"retrainWebhook": {"token": "t0ken\n"},
+                                       "alertmanagerSlack": {"webhookUrl": "https://hooks.slack.com/services/X/Y/Z"}}})
+    secrets = by_kind(given, "Secret")
+    assert base64.b64decode(secrets["sentiment-retrain-webhook"]["data"]["token"]) == b"t0ken"
+    assert base64.b64decode(secrets["sentiment-alertmanager-slack"]["data"]["webhook-url"]) \
+        == b"https://hooks.slack.com/services/X/Y/Z"
+    existing = render(chart, {"secrets": {"retrainWebhook": {"existingSecret": "sentiment-retrain-webhook"}}})
+    assert "sentiment-retrain-webhook" not in by_kind(existing, "Secret")
+    no_events = {"workflows": {"kinds": ["WorkflowTemplate"]}, "drift": {"webhookUrl": "http://hook:1/retrain"},
+                 "secrets": {"retrainWebhook": {"existingSecret": "my-token"}}}
+    volumes = {v["name"]: v for v in _isvc(render(chart, no_events))["spec"]["predictor"]["volumes"]}
+    assert volumes["retrain-webhook"]["secret"]["secretName"] == "my-token"
+    with pytest.raises(helm.HelmError, match="EventSource"):
+        render(chart, {"secrets": {"retrainWebhook": {"existingSecret": "my-token"}}})
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"secrets": {"retrainWebhook": {"existingSecret": "a", "token": "b"}}})
+    with pytest.raises(helm.HelmValuesError, match="webhookUrl"):
+        render(chart, {"secrets": {"alertmanagerSlack": {"webhookUrl": "http://example.com/x"}}})
+    # No secret value has a default anywhere in the chart.
+    for values in (CHART / "values.yaml", CHART / "values-gke.yaml"):
+        secrets_values = (yaml.safe_load(values.read_text()) or {}).get("secrets", {})
+        assert all(v == "" for s in secrets_values.values() for v in s.values()), values
+
+
+def test_rollout_prometheus_default_is_the_charts_prometheus():
+    import re
+
+    cli = (REPO / "steps" / "rollout" / "cli.py").read_text()
+    workflow = (REPO / "workflows" / "rollout.py").read_text()
+    (cli_default,) = re.findall(r'^DEFAULT_CLUSTER_PROMETHEUS = "([^"]+)"', cli, re.MULTILINE)
+    (wf_default,) = re.findall(r'^DEFAULT_PROMETHEUS = "([^"]+)"', workflow, re.MULTILINE)
+    defaults = {f"{src.stem}:{p['name']}": p.get("value") for src in RENDERED.glob("*.yaml")
+                for doc in yaml.safe_load_all(src.read_text()) if doc and doc["kind"] == "WorkflowTemplate"
+                for p in doc["spec"].get("arguments", {}).get("parameters", []) if p["name"].endswith("prometheus-url")}
+    assert set(defaults) == {"sentiment-rollout:prometheus-url", "sentiment-training:rollout-prometheus-url"}
+    assert set(defaults.values()) == {wf_default}, defaults
+    for name in VALUES:
+        assert _prometheus_url(name) == cli_default == wf_default, name
+    # kube-prometheus-stack's operator names the Service prometheus-operated, in the namespace the stack lives in;
+    # the chart's ServiceMonitor/PrometheusRule labels select that stack.
+    assert re.match(r"^http://prometheus-operated\.[a-z0-9-]+\.svc:9090$", cli_default)
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["monitoring"]["serviceMonitor"]["labels"] \
+        == {"release": "kube-prometheus-stack"}
+
+
+def _prometheus_url(values_name: str) -> str:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["monitoring"]["prometheus"]["url"]
+    return ((load_values(values_name).get("monitoring") or {}).get("prometheus") or {}).get("url", defaults)

@@ -46,3 +46,17 @@ seccompProfile:
 {{- fail "charts/sentimentops/files/workflows/ is empty: run `make chart-files` (copies workflows/rendered/ and monitoring/ into the chart)" -}}
 {{- end -}}
 {{- end }}
+
+{{/* The Secret holding the retraining webhook's bearer token (key `token`). */}}
+{{- define "sentimentops.retrainWebhookSecret" -}}
+{{ .Values.secrets.retrainWebhook.existingSecret | default "sentiment-retrain-webhook" }}
+{{- end }}
+
+{{/* Where the drift monitor posts persistent drift: the value, else the EventSource service this chart installs. */}}
+{{- define "sentimentops.driftWebhookUrl" -}}
+{{- if .Values.drift.webhookUrl -}}
+{{ .Values.drift.webhookUrl }}
+{{- else if and .Values.workflows.enabled (has "EventSource" .Values.workflows.kinds) -}}
+http://sentiment-retrain-eventsource-svc.{{ .Release.Namespace }}.svc:12000/retrain
+{{- end -}}
+{{- end }}
