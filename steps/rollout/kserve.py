@@ -28,6 +28,8 @@ Mode = Literal["serverless", "raw"]
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 VERSION_LABEL = "sentimentops.io/model-version"  # relabelled to `model_version` by the ServiceMonitor
+# Relabelled to `role` (stable/canary): the canary recording rules in monitoring/rules compare by it.
+ROLE_LABEL = "sentimentops.io/role"
 MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
 CONTAINER = "kserve-container"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -58,12 +60,12 @@ def _container(predictor: dict) -> dict:
     return next((c for c in containers if c.get("name") == CONTAINER), containers[0] if containers else {})
 
 
-def predictor_for(predictor: dict, version: str, storage_uri: str) -> dict:
+def predictor_for(predictor: dict, version: str, storage_uri: str, role: str = "canary") -> dict:
     """The same predictor serving another registered version: STORAGE_URI (KServe downloads it to /mnt/models),
-    `--model-dir /mnt/models` instead of `--model-uri`, the version in env and in the pod label."""
+    `--model-dir /mnt/models` instead of `--model-uri`, the version in env and in the pod labels with its role."""
     new = copy.deepcopy(predictor)
     new.pop("canaryTrafficPercent", None)
-    new["labels"] = {**(new.get("labels") or {}), VERSION_LABEL: version}
+    new["labels"] = {**(new.get("labels") or {}), VERSION_LABEL: version, ROLE_LABEL: role}
     if not new.get("containers"):
         raise ValueError("the predictor has no containers: this rollout drives the custom sentimentops container")
     container = _container(new)
@@ -98,8 +100,10 @@ def canary_patch(isvc: dict, state: RolloutState, mode: Mode) -> dict:
 def promote_patch(isvc: dict, state: RolloutState, mode: Mode) -> dict:
     """All traffic to the candidate; state.phase should be `promoted`."""
     if mode == "serverless":
-        return {**_annotations(state), "spec": {"predictor": {"canaryTrafficPercent": None}}}
-    candidate = predictor_for(isvc["spec"]["predictor"], state.candidate_version, state.candidate_uri)
+        # The promoted revision becomes `stable` (one more revision of the same model, rolled to 100%).
+        return {**_annotations(state), "spec": {"predictor": {"canaryTrafficPercent": None,
+                                                               "labels": {ROLE_LABEL: "stable"}}}}
+    candidate = predictor_for(isvc["spec"]["predictor"], state.candidate_version, state.candidate_uri, "stable")
     return {**_annotations(state), "spec": {"predictor": candidate, "canary": None}}
 
 

@@ -78,10 +78,11 @@ def test_serverless_canary_promote_and_rollback():
     assert kserve.served_version(pred) == ("4", CANDIDATE.candidate_uri)
     container = pred["containers"][0]
     assert container["args"][:3] == ["serve", "--model-dir", "/mnt/models"] and "--model-uri" not in container["args"]
-    assert pred["labels"] == {"sentimentops.io/model-version": "4"}
+    assert pred["labels"] == {"sentimentops.io/model-version": "4", "sentimentops.io/role": "canary"}
     assert "canary" not in docs["canary"]["spec"]
-    # promote: the field is removed, the latest revision (the candidate) takes 100%
+    # promote: the field is removed, the latest revision (the candidate) takes 100% and becomes `stable`
     assert "canaryTrafficPercent" not in docs["promoted"]["spec"]["predictor"]
+    assert docs["promoted"]["spec"]["predictor"]["labels"]["sentimentops.io/role"] == "stable"
     assert kserve.served_version(docs["promoted"]["spec"]["predictor"])[0] == "4"
     # rollback: the previous predictor spec, with 0% to the (restored) latest revision
     back = docs["rolled-back"]["spec"]["predictor"]
@@ -94,7 +95,9 @@ def test_raw_deployment_canary_promote_and_rollback():
     (canary,) = docs["canary"]["spec"]["canary"]
     assert canary["trafficPercent"] == 10
     assert kserve.served_version(canary["predictor"])[0] == "4"
+    assert canary["predictor"]["labels"]["sentimentops.io/role"] == "canary"
     assert docs["canary"]["spec"]["predictor"] == ISVC["spec"]["predictor"]  # stable untouched
+    assert docs["promoted"]["spec"]["predictor"]["labels"]["sentimentops.io/role"] == "stable"
     assert "canary" not in docs["promoted"]["spec"]
     assert kserve.served_version(docs["promoted"]["spec"]["predictor"]) == ("4", CANDIDATE.candidate_uri)
     assert docs["rolled-back"]["spec"] == ISVC["spec"]
