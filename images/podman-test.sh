@@ -1,50 +1,13 @@
 #!/usr/bin/env bash
 # `make images-test` (opt-in, root, needs apt and PyPI): build the base and one CPU stage image (validate) with
 # podman, then run the validate stage in the image on a tiny dataset with no network.
-#
-# No Docker engine and no image registry are reachable here (shared/STACK-NOTES.md), so the Python base is a
-# Debian bookworm made by debootstrap and `podman import`ed (python3.11, like python:3.11-slim-bookworm that CI
-# uses). podman runs with runc, the host network only for the builds' pip/apt, and --network=none to run.
+# podman set-up and the Debian Python base: images/podman-env.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-WORK=${SENTIMENTOPS_IMAGES_WORK:-/var/tmp/sentimentops-images}
-BASE_PY=localhost/sentimentops-debian-python:bookworm
 TAG=test
-mkdir -p "$WORK"
-
-if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
-  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman debootstrap runc
-fi
-
-# STACK-NOTES: runc, small ulimits, no default (bridge) network.
-export CONTAINERS_CONF=$WORK/containers.conf
-cat > "$CONTAINERS_CONF" <<'CONF'
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-netns = "none"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-
-if ! podman image exists "$BASE_PY"; then
-  rootfs=$WORK/rootfs
-  rm -rf "$rootfs"
-  debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-    bookworm "$rootfs" http://deb.debian.org/debian
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE_PY"
-  rm -rf "$rootfs"
-fi
-
-# Where the host reaches PyPI through a TLS-inspecting proxy, its CA bundle and a pip.conf naming it are mounted
-# into the build steps (nothing lands in the image).
-PIP_CONF=$WORK/pip.conf
-printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$PIP_CONF"
-MOUNTS=(-v "$PIP_CONF:/etc/pip.conf:ro,Z")
-[ -f /etc/ssl/certs/ca-certificates.crt ] && MOUNTS+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+# shellcheck source=images/podman-env.sh
+source "$REPO/images/podman-env.sh"
 
 build() {  # build <dockerfile> <image> [build-arg ...]
   local file=$1 image=$2; shift 2

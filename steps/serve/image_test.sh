@@ -3,48 +3,15 @@
 # it over a tiny registered-layout model folder (read-only root, non-root, --network=none), call
 # /v2/health/ready and a V1 + V2 prediction from inside the container's own loopback, stop it with SIGTERM
 # (drain, exit 0), and print the image size.
-#
-# No Docker engine and no image registry are reachable here (shared/STACK-NOTES.md): the Python base is a Debian
-# bookworm made by debootstrap and `podman import`ed; podman runs with runc, the host network only for the
-# build's pip, --network=none to run.
+# podman set-up and the Debian Python base: images/podman-env.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
-WORK=${SENTIMENTOPS_IMAGES_WORK:-/var/tmp/sentimentops-images}
-BASE_PY=localhost/sentimentops-debian-python:bookworm
 IMAGE=localhost/sentimentops-serve:test
 NAME=sentimentops-serve-test
-mkdir -p "$WORK"
+# shellcheck source=images/podman-env.sh
+source "$REPO/images/podman-env.sh"
 
-if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || ! command -v runc >/dev/null; then
-  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman debootstrap runc
-fi
-
-export CONTAINERS_CONF=$WORK/containers.conf
-cat > "$CONTAINERS_CONF" <<'CONF'
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-netns = "none"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-
-if ! podman image exists "$BASE_PY"; then
-  rootfs=$WORK/rootfs-serve
-  rm -rf "$rootfs"
-  debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-    bookworm "$rootfs" http://deb.debian.org/debian
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE_PY"
-  rm -rf "$rootfs"
-fi
-
-PIP_CONF=$WORK/pip.conf
-printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$PIP_CONF"
-MOUNTS=(-v "$PIP_CONF:/etc/pip.conf:ro,Z")
-[ -f /etc/ssl/certs/ca-certificates.crt ] && MOUNTS+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 podman build --network=host --layers -f Dockerfile.serve "${MOUNTS[@]}" --build-arg "PYTHON_IMAGE=$BASE_PY" \
   -t "$IMAGE" "$REPO"
 

@@ -37,10 +37,6 @@ def test_hadolint_clean(path):
     proc = subprocess.run([exe, "--no-color", "--failure-threshold", "info", str(path)], check=False,
                           capture_output=True, text=True, timeout=60)
     findings = proc.stdout.strip().splitlines()
-    # Known false positive in Dockerfile.serve (the serving engineer's file): DL3064 reads the TOKEN in
-    # TOKENIZERS_PARALLELISM as a secret. Fixed there by `# hadolint ignore=DL3064` above that ENV.
-    if findings and all(" DL3064 " in f for f in findings) and "TOKENIZERS_PARALLELISM" in path.read_text():
-        pytest.xfail(f"{path.name}: DL3064 false positive on TOKENIZERS_PARALLELISM")
     assert proc.returncode == 0 and not findings, proc.stdout + proc.stderr
 
 
