@@ -69,6 +69,7 @@ def mlflow_home(tmp_path_factory) -> str:
 def registry(mlflow_home, monkeypatch):
     """One sqlite database for the module (creating it costs seconds), a fresh registered model per test."""
     from steps.config import CommonSettings, load_settings
+    from steps.tracking import experiment_id
 
     monkeypatch.setenv("SENTIMENTOPS_HOME", mlflow_home)
     monkeypatch.setenv("SENTIMENTOPS_PROFILE", "local")
@@ -76,9 +77,9 @@ def registry(mlflow_home, monkeypatch):
     settings = load_settings(CommonSettings, {"registered_model": name})
     client = configure(settings)
     client.create_registered_model(name)
-    experiment = client.get_experiment_by_name("rollout-test") or client.get_experiment(
-        client.create_experiment("rollout-test"))
-    run_id = client.create_run(experiment.experiment_id).info.run_id
+    # The experiment gets its artifact root under SENTIMENTOPS_HOME (a bare create_experiment would default to
+    # ./mlruns in the working directory, i.e. the checkout).
+    run_id = client.create_run(experiment_id(settings)).info.run_id
     for i in range(2):
         client.create_model_version(name, f"file:///models/{i}", run_id=run_id)
     client.set_registered_model_alias(name, "champion", "1")
