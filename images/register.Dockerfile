@@ -7,7 +7,9 @@ FROM ${BASE_IMAGE}
 
 USER 0
 WORKDIR /src
-RUN pip install --no-cache-dir --constraint images/constraints.txt "/src[register]"
+# The ONNX export needs torch: the CPU build (register runs on CPU nodes, like evaluate).
+RUN pip install --no-cache-dir --constraint images/constraints.txt --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install --no-cache-dir --constraint images/constraints.txt "/src[register]"
 
 # Health is judged by Kubernetes probes (chart) and step exit codes (Argo), not by Docker.
 HEALTHCHECK NONE

@@ -75,6 +75,9 @@ def test_each_stage_image_installs_only_its_own_extra():
     assert "torch==" in train and "download.pytorch.org/whl/cpu" not in train, "train gets the CUDA torch wheel"
     evaluate = " ".join(a for i, a in instructions(IMAGES / "evaluate.Dockerfile") if i == "RUN")
     assert "download.pytorch.org/whl/cpu" in evaluate, "evaluate runs on CPU nodes: CPU torch"
+    register = " ".join(a for i, a in instructions(IMAGES / "register.Dockerfile") if i == "RUN")
+    assert "download.pytorch.org/whl/cpu" in register, "register exports to ONNX on CPU nodes: CPU torch"
+    assert "sentimentops[export]" in extras["register"], "register runs the ONNX export"
 
 
 def test_every_pip_install_is_pinned():
