@@ -65,20 +65,36 @@ def _body(schema: dict, answer: dict) -> dict:
             "responses": responses}
 
 
+# Oversized bodies up to this size are drained (read and dropped) before the 413; larger ones are not read at all.
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+
+
 async def read_json(request: Request, max_bytes: int) -> Any:
-    """Content type, size (413 before reading more than the limit), UTF-8 and JSON checks, in that order."""
+    """Content type, size (413; nothing past the limit is kept), UTF-8 and JSON checks, in that order."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type and content_type not in JSON_TYPES:
         raise UnsupportedMediaType(f"content type {content_type!r}: send application/json")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    declared_size = int(declared) if declared is not None and declared.isdigit() else None
+    if declared_size is not None and declared_size > DRAIN_LIMIT_BYTES:
         raise PayloadTooLarge(f"body of {declared} bytes: at most {max_bytes}")
     chunks, size = [], 0
+    too_large = declared_size is not None and declared_size > max_bytes
     async for chunk in request.stream():
         size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"body over {max_bytes} bytes")
+        too_large = too_large or size > max_bytes
+        if too_large:
+            # Read and drop the rest (bounded) before answering: a 413 sent mid-upload closes the connection
+            # while the client is still sending, and the client sees a reset instead of the 413 (a flaky
+            # "huge payload" case under load). Memory stays bounded: nothing past the limit is kept.
+            chunks.clear()
+            if size > DRAIN_LIMIT_BYTES:
+                break
+            continue
         chunks.append(chunk)
+    if too_large:
+        raise PayloadTooLarge(f"body of {declared} bytes: at most {max_bytes}" if declared_size is not None
+                              else f"body over {max_bytes} bytes")
     try:
         return orjson.loads(b"".join(chunks))  # strict: invalid UTF-8 and lone surrogates are errors, not text
     except orjson.JSONDecodeError as err:
