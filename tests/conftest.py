@@ -50,7 +50,7 @@ def home(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def build_tiny_distilbert(folder: Path, texts: list[str], seed: int = 0) -> Path:
+def build_tiny_distilbert(folder: Path, texts: list[str], seed: int = 0, vocab_size: int = 1500) -> Path:
     """A real DistilBERT checkpoint, tiny: a WordPiece tokenizer trained on `texts` and a 2-layer, 32-wide model,
     saved with save_pretrained so the steps load it through the real from_pretrained path (STACK-NOTES)."""
     import torch
@@ -61,7 +61,7 @@ def build_tiny_distilbert(folder: Path, texts: list[str], seed: int = 0) -> Path
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=1500, special_tokens=special))
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls),
                                                                                               ("[SEP]", sep)])
@@ -73,6 +73,12 @@ def build_tiny_distilbert(folder: Path, texts: list[str], seed: int = 0) -> Path
     DistilBertForSequenceClassification(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_builder():
+    """build_tiny_distilbert, for tests that need their own tiny model (other texts or vocabulary size)."""
+    return build_tiny_distilbert
 
 
 @pytest.fixture(scope="session")

@@ -29,30 +29,6 @@ from steps.trainloop import (
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "imdb"
 
 
-def build_tiny_classifier(out: Path, texts: list[str], *, dropout: float = 0.1) -> Path:
-    """STACK-NOTES recipe: a WordPiece tokenizer trained on the texts and DistilBertConfig(dim=32, n_layers=2,
-    n_heads=2, hidden_dim=64), saved with save_pretrained so that tests reload it with from_pretrained."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=800, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    torch.manual_seed(0)
-    cfg = DistilBertConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                           max_position_embeddings=512, pad_token_id=0, dropout=dropout,
-                           attention_dropout=dropout, seq_classif_dropout=dropout)
-    DistilBertForSequenceClassification(cfg).save_pretrained(out)
-    fast.save_pretrained(out)
-    return out
-
-
 def load(model_dir: Path):
     from transformers import AutoModelForSequenceClassification
 
@@ -60,14 +36,14 @@ def load(model_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def imdb(tmp_path_factory):
+def imdb(tmp_path_factory, tiny_builder):
     """(model dir, token ids, labels, pad id) for 160 IMDB sample reviews cut to 96 tokens."""
     from transformers import AutoTokenizer
 
     torch.set_num_threads(1)  # STACK-NOTES: 2 threads on 2 busy cores ran ~50x slower
     table = pq.read_table(DATA / "sample_train.parquet", columns=["text", "label"]).to_pydict()
     texts, labels = table["text"][:160], table["label"][:160]
-    model_dir = build_tiny_classifier(tmp_path_factory.mktemp("tiny"), table["text"][:400])
+    model_dir = tiny_builder(tmp_path_factory.mktemp("tiny"), table["text"][:400], vocab_size=800)
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = tok(texts, truncation=True, max_length=96)["input_ids"]
     return model_dir, ids, labels, tok.pad_token_id
