@@ -35,7 +35,8 @@ def queries(version: str, window_s: float, *, label: str = "model_version",
     """The PromQL for one deployment (one model version) over a window."""
     extra, w = extra or {}, _duration(window_s)
     sel = _matchers(label, version, extra)
-    errors = _matchers(label, version, extra, 'status=~"5.."')
+    # what counts against the service, as in the recording rules: server errors and load shed (429)
+    errors = _matchers(label, version, extra, 'status=~"5..|429"')
     return {
         "requests": f"sum(increase(sentiment_requests_total{sel}[{w}]))",
         "errors": f"sum(increase(sentiment_requests_total{errors}[{w}]))",

@@ -24,9 +24,9 @@ Action = Literal["continue", "promote", "rollback"]
 class RolloutPolicy(BaseModel):
     """Thresholds of the canary comparison (defaults: the runbook)."""
 
-    max_error_ratio_increase: float = Field(0.5, ge=0, description="Canary 5xx ratio may exceed stable's by this "
+    max_error_ratio_increase: float = Field(0.5, ge=0, description="Canary 5xx+429 ratio may exceed stable's by this "
                                             "fraction (0.5: more than 50% above stable fails).")
-    min_error_ratio: float = Field(0.01, ge=0, le=1, description="Absolute floor: a canary 5xx ratio at or below "
+    min_error_ratio: float = Field(0.01, ge=0, le=1, description="Absolute floor: a canary 5xx+429 ratio at or below "
                                    "this never fails (one error in a quiet window is not evidence).")
     max_p99_increase_s: float = Field(0.1, ge=0, description="Canary p99 may exceed stable's by this many seconds.")
     max_psi: float = Field(0.3, ge=0, description="Canary drift PSI above this fails...")

@@ -51,7 +51,7 @@ def test_local_state_writes_prometheus_targets_with_version_and_role(tmp_path):
 def test_promql_selects_by_model_version_and_counts_5xx_only():
     q = queries("4", 60, extra={"namespace": "sentimentops"})
     assert q["requests"] == 'sum(increase(sentiment_requests_total{model_version="4",namespace="sentimentops"}[60s]))'
-    assert 'status=~"5.."' in q["errors"] and "histogram_quantile(0.99" in q["p99_s"]
+    assert 'status=~"5..|429"' in q["errors"] and "histogram_quantile(0.99" in q["p99_s"]
     assert "sentiment_drift_psi" in q["psi"]
 
 
