@@ -154,13 +154,16 @@ def stack(tmp_path_factory, imdb_dir, tiny_model_dir):
         wait_for(lambda: _scalar(base, 'sum(sentiment_drift_windows_total)') >= 5, 120, "drift windows", [drift])
         wait_for(lambda: _scalar(base, 'sum(sentiment_requests_total{job="sentiment-predictor"})') >= requests,
                  60, f"{requests} requests scraped")
+        # rules are checked as of now, not as of whenever a test happens to run: after 5 idle minutes (slow waits
+        # on a busy machine) the request rate is 0 and the error ratio rightly absent
+        ratio = 'sentiment:request_error_ratio:rate5m{role="stable",model_version="7"}'
+        wait_for(lambda: query(base, ratio)["data"]["result"], 30, ratio)
+        loaded_at = time.time()
         wait_for(lambda: _scalar(base, 'count(ALERTS{alertname="DataDrift"})') >= 1, 60, "DataDrift evaluated")
         # rate() over the panels' 1m needs two samples of every series, the last ones made after the load
         wait_for(lambda: _scalar(base, 'min(count_over_time(sentiment_errors_total[1m]))') >= 5, 60,
                  "5 scrapes of the error series")
-        # the instant every rate window still holds the load: rules are checked as of then, not as of whenever
-        # the test happens to run (5 idle minutes later a request rate is 0 and the error ratio rightly absent)
-        yield {"base": base, "tmp": tmp, "log": log, "loaded_at": time.time()}
+        yield {"base": base, "tmp": tmp, "log": log, "loaded_at": loaded_at}
     finally:
         for proc in reversed(procs):
             proc.terminate()
