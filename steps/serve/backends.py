@@ -88,16 +88,20 @@ class OnnxBackend:
     """ONNX Runtime on CPU: one session (thread-safe), called concurrently by the batcher's workers, each call
     with `threads` intra-op threads (1 by default: one worker per core)."""
 
-    def __init__(self, onnx_path: Path, model_dir: Path, name: str, threads: int | None = None):
+    def __init__(self, onnx_path: Path, model_dir: Path, name: str, threads: int | None = None,
+                 spin: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between ops: on a shared node (or under a CPU limit) spinning threads burn the quota
-        # that the next batch needs; measured here under load, 1x300 tokens took 130 ms without spinning, 382 with.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No busy-waiting between ops by default: on a shared node (or under a CPU limit) spinning threads burn the
+        # quota that the next batch needs; measured here under load, 1x300 tokens took 130 ms without spinning,
+        # 382 with. The solo session (one lone request on an idle server) spins: its helper thread would otherwise
+        # sleep and be woken at every op (53 tokens on 2 threads: 21 ms without spinning, 12-14 ms with; it then
+        # spins ~45 ms of one core after the call, while nothing else is running).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.index = positive_index(model_dir)

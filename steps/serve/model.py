@@ -132,6 +132,7 @@ class SentimentModel(kserve.Model):
         self.records = records
         self.ready = False
         self.backend_name = ""
+        self.solo_backend: OnnxBackend | None = None
         self.batcher: Batcher | None = None
 
     # -- loading -------------------------------------------------------------------------------------------------
@@ -146,19 +147,26 @@ class SentimentModel(kserve.Model):
         if name.startswith("onnx"):
             if artifacts.onnx_dir is None:
                 raise FileNotFoundError(f"{self.model_dir}: backend {name} asked for, but no ONNX artifact")
-            # one single-threaded call per core (steps/serve/batching.py says why); one session serves them all
+            # one single-threaded call per core (steps/serve/batching.py says why); one session serves them all,
+            # and a second one on all cores serves a lone request on an idle server (the solo path)
             workers = self.options.workers or cores
             threads = self.options.threads or max(1, cores // workers)
-            self.backend = OnnxBackend(artifacts.onnx_dir / "model.onnx", artifacts.model_dir, name, threads)
+            onnx = artifacts.onnx_dir / "model.onnx"
+            self.backend = OnnxBackend(onnx, artifacts.model_dir, name, threads)
+            if workers > 1 and threads < cores:
+                self.solo_backend = OnnxBackend(onnx, artifacts.model_dir, name, cores, spin=True)
         else:
             workers = self.options.workers or 1
             self.backend = TorchBackend(artifacts.model_dir, threads=self.options.threads)
         self.backend_name = name
         start = time.perf_counter()
         self._run(self.encoder.encode([WARMUP_TEXT]))
+        if self.solo_backend is not None:
+            self._run_solo(self.encoder.encode([WARMUP_TEXT]))
         batching = dataclasses.replace(self.options.batching, workers=workers)
         self.batcher = Batcher(self._run, batching, on_batch=self._observe,
-                               on_depth=(self.metrics.queue_depth.set if self.metrics else None))
+                               on_depth=(self.metrics.queue_depth.set if self.metrics else None),
+                               run_solo=self._run_solo if self.solo_backend is not None else None)
         self.batcher.start()
         if self.metrics is not None:
             self.metrics.set_model(self.info.name, self.info.version, self.info.run_id, name)
@@ -180,6 +188,9 @@ class SentimentModel(kserve.Model):
     # -- inference -----------------------------------------------------------------------------------------------
     def _run(self, batch: list[Encoded]) -> np.ndarray:
         return self.backend(*self.encoder.pad(batch))
+
+    def _run_solo(self, batch: list[Encoded]) -> np.ndarray:
+        return self.solo_backend(*self.encoder.pad(batch))
 
     def _observe(self, batch: list[Encoded], probs: np.ndarray) -> None:
         if self.metrics is not None:

@@ -39,7 +39,11 @@ class ServeSettings(CommonSettings):
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 256
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 512
+    solo_max_tokens: int = Field(1024, description="An idle server runs a batch of at most this many padded "
+                                 "tokens on all cores (0: never).")
+    wait_when_idle: bool = Field(False, description="Gather max_wait_ms even on an idle server (fuller batches, "
+                                                    "max_wait_ms more latency for a lone request).")
     max_payload_bytes: int = 1_000_000
     max_instances: int = 64
     truncation: str = Field("truncate", description="truncate | reject (400) inputs over 512 tokens")
@@ -72,7 +76,8 @@ def options_from(settings: ServeSettings) -> ServeOptions:
                       truncation=settings.truncation),
         batching=BatchSettings(max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
                                max_queue=settings.max_queue, max_batch_tokens=settings.max_batch_tokens,
-                               max_padding=settings.max_padding))
+                               max_padding=settings.max_padding, solo_max_tokens=settings.solo_max_tokens,
+                               wait_when_idle=settings.wait_when_idle))
 
 
 def build(folder: Path, info: ModelInfo, settings: ServeSettings):
@@ -117,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-version", default=os.environ.get("SENTIMENTOPS_MODEL_VERSION", "unversioned"))
     for flag in ("host", "backend", "truncation"):
         parser.add_argument(f"--{flag}")
-    for flag in ("port", "threads", "workers", "max-batch-size", "max-queue", "max-batch-tokens", "max-payload-bytes",
-                 "max-instances", "grace-s"):
+    for flag in ("port", "threads", "workers", "max-batch-size", "max-queue", "max-batch-tokens", "solo-max-tokens",
+                 "max-payload-bytes", "max-instances", "grace-s"):
         parser.add_argument(f"--{flag}", type=int)
     parser.add_argument("--max-wait-ms", type=float)
     parser.add_argument("--max-padding", type=float)
     parser.add_argument("--prediction-log", type=Path)
     parser.add_argument("--log-text", action="store_true", default=None)
+    parser.add_argument("--wait-when-idle", action="store_true", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     overrides = {k: v for k, v in vars(args).items()

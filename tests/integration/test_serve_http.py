@@ -297,8 +297,10 @@ def _wait_depth(srv: Server, depth: int) -> None:
 
 
 def test_overload_answers_503_with_retry_after_not_500(served_model, tmp_path):
-    # a long gather window and a small queue: the first request waits in the queue, the next overflows it
-    srv = Server(served_model, tmp_path, "--max-queue", "4", "--max-wait-ms", "4000", "--max-batch-size", "64")
+    # a long gather window kept even when idle, and a small queue: the first request waits in the queue, the next
+    # overflows it
+    srv = Server(served_model, tmp_path, "--max-queue", "4", "--max-wait-ms", "4000", "--max-batch-size", "64",
+                 "--wait-when-idle")
     try:
         assert srv.wait_ready(), srv.log.read_text()[-3000:]
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -313,7 +315,7 @@ def test_overload_answers_503_with_retry_after_not_500(served_model, tmp_path):
 
 
 def test_sigterm_drains_in_flight_requests(served_model, tmp_path):
-    srv = Server(served_model, tmp_path, "--max-wait-ms", "3000", "--max-batch-size", "64")
+    srv = Server(served_model, tmp_path, "--max-wait-ms", "3000", "--max-batch-size", "64", "--wait-when-idle")
     try:
         assert srv.wait_ready(), srv.log.read_text()[-3000:]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,145 @@ def test_backend_choice(tmp_path):
 ])
 def test_int8_accuracy_bound(fp32, int8, bound, accepted):
     assert int8_accepted(fp32, int8, bound)[0] is accepted
+
+
+def test_an_idle_batcher_answers_a_lone_request_without_waiting_for_company():
+    batcher = Batcher(lambda batch: np.ones(len(batch)), BatchSettings(max_wait_ms=2000, workers=2))
+    batcher.start()
+
+    async def go():
+        start = time.monotonic()
+        await batcher.submit([enc(5)])
+        return time.monotonic() - start
+
+    try:
+        assert asyncio.run(go()) < 1.0  # not the 2 s max_wait: nothing else was running
+    finally:
+        batcher.stop()
+
+
+def test_under_load_instances_wait_for_company_and_go_in_one_call():
+    release, calls = threading.Event(), []
+
+    def run(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            release.wait(10)  # the first call keeps the only worker busy
+        return np.zeros(len(batch))
+
+    batcher = Batcher(run, BatchSettings(max_wait_ms=300, max_batch_size=8))
+    batcher.start()
+
+    async def go():
+        first = asyncio.create_task(batcher.submit([enc(4)]))
+        while not calls:
+            await asyncio.sleep(0.01)
+        rest = [asyncio.create_task(batcher.submit([enc(4)])) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        release.set()
+        await first
+        await asyncio.gather(*rest)
+
+    try:
+        asyncio.run(go())
+    finally:
+        release.set()
+        batcher.stop()
+    assert calls == [1, 5]
+
+
+def test_a_take_runs_one_length_group_and_leaves_the_rest_to_the_next_worker():
+    short_started, release, long_done = threading.Event(), threading.Event(), threading.Event()
+
+    def run(batch):
+        if batch[0].length == 100:
+            short_started.set()
+            release.wait(10)  # holds its worker: the other group must not wait behind it
+        if batch[0].length == 400:
+            long_done.set()
+        return np.zeros(len(batch))
+
+    batcher = Batcher(run, BatchSettings(max_wait_ms=0, max_batch_size=8, workers=2, max_padding=0.25))
+    batcher.start()
+
+    async def go():
+        task = asyncio.create_task(batcher.submit([enc(400), enc(100)]))  # two length groups in one take
+        await asyncio.to_thread(short_started.wait, 10)
+        # the oldest instance's group runs first, the other went back to the queue for the second worker
+        assert await asyncio.to_thread(long_done.wait, 5)
+        release.set()
+        return await task
+
+    try:
+        assert len(asyncio.run(go())) == 2
+    finally:
+        release.set()
+        batcher.stop()
+
+
+def test_a_lone_small_batch_runs_solo_on_all_cores_and_the_other_workers_hold_off():
+    lock, state = threading.Lock(), {"running": 0, "max_during_solo": 0, "solo": 0, "plain": 0}
+    solo_started, release = threading.Event(), threading.Event()
+
+    def plain(batch):
+        with lock:
+            state["plain"] += 1
+            state["running"] += 1
+        time.sleep(0.01)
+        with lock:
+            state["running"] -= 1
+        return np.zeros(len(batch))
+
+    def solo(batch):
+        with lock:
+            state["solo"] += 1
+        solo_started.set()
+        release.wait(10)
+        with lock:
+            state["max_during_solo"] = max(state["max_during_solo"], state["running"])
+        return np.ones(len(batch))
+
+    batcher = Batcher(plain, BatchSettings(max_wait_ms=0, workers=2, solo_max_tokens=64), run_solo=solo)
+    batcher.start()
+
+    async def go():
+        lone = asyncio.create_task(batcher.submit([enc(20)]))
+        await asyncio.to_thread(solo_started.wait, 10)
+        second = asyncio.create_task(batcher.submit([enc(20)]))  # arrives during the solo call: waits for it
+        await asyncio.sleep(0.1)
+        assert state["plain"] == 0 and not second.done()
+        release.set()
+        first = await lone
+        await second
+        big = await batcher.submit([enc(100)])  # over solo_max_tokens: the per-core path
+        return first, big
+
+    try:
+        first, big = asyncio.run(go())
+    finally:
+        release.set()
+        batcher.stop()
+    assert list(first) == [1.0] and list(big) == [0.0]
+    assert state["solo"] >= 1 and state["max_during_solo"] == 0
+
+
+def test_wait_when_idle_gathers_even_on_an_idle_batcher():
+    calls = []
+
+    def run(batch):
+        calls.append(len(batch))
+        return np.zeros(len(batch))
+
+    batcher = Batcher(run, BatchSettings(max_wait_ms=300, max_batch_size=8, wait_when_idle=True))
+    batcher.start()
+
+    async def go():
+        first = asyncio.create_task(batcher.submit([enc(4)]))
+        await asyncio.sleep(0.05)  # the worker already holds the first instance, waiting for company
+        await asyncio.gather(first, batcher.submit([enc(4)]), batcher.submit([enc(4)]))
+
+    try:
+        asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert calls == [3]
