@@ -96,10 +96,12 @@ image-test: install
 	bash steps/serve/image_test.sh
 
 ## make serve-bench (opt-in, minutes): full-size DistilBERT (random init) + its ONNX int8 export, then the project
-## predictor against the plain transformers-pipeline server at the same concurrency; table + benchmarks/serve/results.json.
+## predictor against the plain transformers-pipeline server at the same concurrency; table + benchmarks/serve/results.json;
+## then kernels.py: one model call's tokens/s, int8 ONNX vs torch fp32 (the ceiling of the full-review ratio).
 serve-bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve/make_model.py --kind distilbert --eval-rows 200 --out .sentimentops/bench-model
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve/bench.py --model .sentimentops/bench-model
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/serve/kernels.py --model .sentimentops/bench-model
 
 ## make serve-fuzz (opt-in): a 2-minute schemathesis run against a served tiny model (asserts no 5xx).
 serve-fuzz: install
