@@ -136,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                  if k not in ("model_dir", "model_uri", "model_name", "model_version")}
     settings = load_settings(ServeSettings, overrides)
     if args.model_uri:
-        from mlflow.exceptions import MlflowException
+        try:
+            from mlflow.exceptions import MlflowException
+        except ImportError:  # the serve image ships no MLflow: in the cluster KServe mounts the model instead
+            print(f"serve: --model-uri {args.model_uri} needs MLflow, which this image does not have: serve a "
+                  "folder (--model-dir; in the cluster set inferenceService.storageUri, and KServe's storage "
+                  "initializer copies the model to /mnt/models)", file=sys.stderr)
+            return 2
 
         try:
             folder, info = resolve(args.model_uri, settings, settings.home / "serving-cache")

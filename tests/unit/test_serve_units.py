@@ -410,3 +410,15 @@ def test_wait_when_idle_gathers_even_on_an_idle_batcher():
     finally:
         batcher.stop()
     assert calls == [3]
+
+
+def test_model_uri_without_mlflow_is_a_clear_error_not_a_traceback(monkeypatch, capsys, home):
+    import sys
+
+    from steps.serve import server
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as in the serve image: `import mlflow` fails
+    monkeypatch.setitem(sys.modules, "mlflow.exceptions", None)
+    assert server.main(["--model-uri", "models:/sentiment@champion"]) == 2
+    err = capsys.readouterr().err
+    assert "needs MLflow" in err and "inferenceService.storageUri" in err and "Traceback" not in err
