@@ -397,7 +397,7 @@ def test_wait_when_idle_gathers_even_on_an_idle_batcher():
         calls.append(len(batch))
         return np.zeros(len(batch))
 
-    batcher = Batcher(run, BatchSettings(max_wait_ms=300, max_batch_size=8, wait_when_idle=True))
+    batcher = Batcher(run, BatchSettings(max_wait_ms=1500, max_batch_size=8, wait_when_idle=True))
     batcher.start()
 
     async def go():
