@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from steps.config import CommonSettings, load_settings
-from steps.serve.client import predict, wait_ready
+from steps.serve.client import predict, sentimentops, wait_ready
 
 # Sized for minutes on a 2-core laptop CPU: 1,800 training reviews at 128 tokens is about 115 steps of 16. On
 # 1,080 reviews the offline encoder (all-MiniLM-L6-v2) reached only 71.8% test accuracy (measured here), under the
@@ -39,10 +39,6 @@ REVIEWS = [
     "The plot was thin, but the performances and the music carried it; I left smiling.",
     "Boring characters, a predictable twist and terrible dialogue. Avoid.",
 ]
-
-
-def sentimentops() -> str:
-    return str(Path(sys.executable).with_name("sentimentops"))
 
 
 def run_pipeline(run_dir: Path, parameters: dict[str, str]) -> int:

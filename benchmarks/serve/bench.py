@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from steps.serve.client import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "imdb"
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def reviews(n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -79,7 +74,7 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, duration: fl
 
 
 async def open_loop(url: str, texts: list[str], rate: float, duration: float, seed: int,
-                    arrivals: str = "poisson") -> dict:
+                    arrivals: str) -> dict:
     """Requests sent at `rate` per second whatever the answers: `paced` at fixed intervals (what wrk2, vegeta and
     k6's constant-arrival-rate do) or `poisson` (random arrivals: bursts queue up, a harsher tail)."""
     import aiohttp
@@ -149,12 +144,12 @@ def run_server(kind: str, model: Path, plan: list[tuple], full: list[str], short
         asyncio.run(closed_loop(url, short, 2, 3, seed))  # warm both paths
         for name, mode, texts, value, duration in plan:
             data = full if texts == "full" else short
-            if mode in ("rate", "poisson") and callable(value):
+            if mode != "concurrency" and callable(value):
                 value = value(out)
             if value is None:
                 continue
             coro = (closed_loop(url, data, value, duration, seed) if mode == "concurrency"
-                    else open_loop(url, data, value, duration, seed, "poisson" if mode == "poisson" else "paced"))
+                    else open_loop(url, data, value, duration, seed, arrivals=mode))
             result = asyncio.run(coro)
             result.update({"concurrency" if mode == "concurrency" else "rate": round(value, 2),
                            "rss_mb": round(rss_mb(proc.pid), 1)})
@@ -200,7 +195,7 @@ def main() -> None:
     # the open-loop phases run twice as long: their p99 rests on a few hundred requests
     plan = [("single short c=1", "concurrency", "short", 1, d), (f"short c={c}", "concurrency", "short", c, d),
             (f"full c={c}", "concurrency", "full", c, d),
-            ("full at 70% of peak, paced", "rate", "full", seventy, 2 * d),
+            ("full at 70% of peak, paced", "paced", "full", seventy, 2 * d),
             ("full at 70% of peak, Poisson", "poisson", "full", seventy, 2 * d)]
     results = []
     if not args.skip_baseline:

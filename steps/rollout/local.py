@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from steps.rollout.load import LoadGenerator, load_reviews
 from steps.rollout.state import RolloutState, now_iso
+from steps.serve.client import free_port, sentimentops
 
 PROMETHEUS_CONFIG = """global:
   scrape_interval: {scrape}
@@ -39,12 +39,6 @@ scrape_configs:
       - files: [{targets}]
         refresh_interval: 1s
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -84,10 +78,6 @@ def stop(pid: int | None, grace_s: float = 15.0) -> None:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
-
-
-def sentimentops() -> str:
-    return str(Path(sys.executable).with_name("sentimentops"))
 
 
 @dataclass

@@ -3,10 +3,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a local server (the OS picks it; the probe socket is closed again)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def sentimentops() -> str:
+    """The project's console script beside this interpreter (the same venv)."""
+    return str(Path(sys.executable).with_name("sentimentops"))
 
 
 def post_json(url: str, body: dict, timeout: float = 30.0) -> dict:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from steps.serve.client import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # dropout off: with it each rank draws its own masks, and the comparison with one process could not be exact
@@ -57,30 +58,23 @@ def run_training(model_dir: Path, out: Path, batch_size: int, checkpoint_dir: Pa
     (out / f"result_rank{rank}.json").write_text(json.dumps(res.__dict__, default=str))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path):
     import torch
+    import torch.distributed as dist
 
-    torch.set_num_threads(1)
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("this torch build has no gloo backend")
     model_dir = build_model(tmp_path / "model")
     ddp_out, ckpt = tmp_path / "ddp", tmp_path / "ckpt"
     ddp_out.mkdir()
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+           "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(Path(__file__)),
            str(model_dir), str(ddp_out), str(ckpt)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO, check=False)
-    if proc.returncode != 0 and any(s in proc.stderr for s in ("Gloo", "gloo", "connect")) \
-            and not (ddp_out / "result_rank0.json").exists():
-        pytest.skip(f"gloo could not start here: {proc.stderr[-800:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     r0, r1 = (json.loads((ddp_out / f"result_rank{r}.json").read_text()) for r in (0, 1))

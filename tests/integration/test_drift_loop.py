@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from steps.serve.client import free_port
+
 pytestmark = pytest.mark.slow
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 # PSI noise is about (bins - 1) * (1/window + 1/reference rows): 0.07 at 200 and 400, well under 0.2 (at a window
@@ -28,17 +29,12 @@ SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 WINDOW = 200
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def prediction_records(model_dir: Path, texts: list[str]) -> tuple[list[str], list[float]]:
     """What the predictor appends per prediction: token count, P(positive), confidence, label, content; no text."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from steps.psi import continuation_share
+    from steps.serve.records import record
     from steps.trainloop import predict_proba
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -46,10 +42,8 @@ def prediction_records(model_dir: Path, texts: list[str]) -> tuple[list[str], li
     ids = tokenizer(texts, truncation=True, max_length=512)["input_ids"]
     probs = predict_proba(model, ids, pad_id=tokenizer.pad_token_id, batch_size=32, precision="fp32")
     special = set(tokenizer.all_special_tokens)
-    lines = [json.dumps({"ts": 0.0, "model_version": "1", "input_tokens": len(row), "truncated": len(row) >= 512,
-                         "confidence": max(float(p), 1 - float(p)), "probability": float(p),
-                         "label": "positive" if p >= 0.5 else "negative",
-                         "content": continuation_share(tokenizer.convert_ids_to_tokens(row), special)})
+    lines = [json.dumps(record("1", len(row), len(row) >= 512, p,
+                               continuation_share(tokenizer.convert_ids_to_tokens(row), special), ts=0.0))
              for row, p in zip(ids, probs, strict=True)]
     return lines, [float(p) for p in probs]
 

@@ -7,7 +7,6 @@ One run folder is driven the way a user would: stopped after `train`, resumed (e
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 
 from steps.manifest import hash_dir, read_manifest
-from steps.serve.client import predict, wait_ready
+from steps.serve.client import free_port, predict, wait_ready
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))
@@ -32,7 +31,7 @@ def pipeline(run_dir: Path, home: Path, source: Path, base_model: Path, *extra: 
             "--env", "SENTIMENTOPS_REGISTER_BASELINE_ACCURACY=0.0", *extra]
     for key, value in params.items():
         argv += ["-p", f"{key}={value}"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600)
     status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
     assert "Traceback" not in done.stderr + done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     return done.returncode, {name: task["phase"] for name, task in status.get("tasks", {}).items()}
@@ -111,9 +110,7 @@ def test_manifest_chain_links_every_step_to_its_inputs(resumed_run):
 
 
 def test_the_champion_is_served_with_its_version(resumed_run):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     home = resumed_run["home"]
     server = subprocess.Popen([CLI, "serve", "--model-uri", "models:/sentiment@champion", "--port", str(port)],
                               env={**__import__("os").environ, "SENTIMENTOPS_HOME": str(home)},

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from steps.serve.client import free_port
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -35,12 +36,6 @@ RULE_FILES = sorted((REPO / "monitoring" / "rules").glob("*.yaml"))
 EMPTY_ON_CPU = {("sentiment-service-health", "GPU use")}  # DCGM exporter metrics: GPU nodes only
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval becomes at a 1 s scrape interval on a short range
 WINDOW = 50
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def prometheus_binary() -> str:

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from steps.serve.client import free_port
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))
@@ -46,9 +47,7 @@ def served_model(tmp_path_factory, tiny_model_dir, imdb_dir) -> Path:
 
 class Server:
     def __init__(self, model: Path, tmp: Path, *flags: str):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"serve-{self.port}.log"
         env = {**os.environ, "SENTIMENTOPS_HOME": str(tmp / "home"), "SENTIMENTOPS_MODEL_VERSION": "5"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from steps.drift import DriftMonitor, DriftSettings, RecordTail, parse_records, reference_from_pyfunc
 from steps.drift_webhook import reason_from_body
 from steps.psi import build_reference, features_from_predictions
+from steps.serve.client import free_port
 
 
 def records(rng, n, length_mean=230.0, p_positive=0.5, version="3") -> list[str]:
@@ -148,19 +148,13 @@ def test_evidently_report_html_and_psi(tmp_path, reference, home):
     assert {a.path for a in client.list_artifacts(run.info.run_id, "drift")} >= {"drift/drift_report.html"}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_watch_exports_psi_on_its_own_metrics_port(tmp_path, reference):
     ref_path = tmp_path / "drift_reference.json"
     reference.write(ref_path)
     log = tmp_path / "predictions.jsonl"
     rng = np.random.default_rng(6)
     log.write_text("\n".join(records(rng, 200) + records(rng, 100, length_mean=25)) + "\n")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
                              "--reference", str(ref_path), "--window", "100", "--port", str(port),
                              "--poll-seconds", "0.1", "--persist", "1", "--max-seconds", "60"],
