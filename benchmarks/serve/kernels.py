@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from steps.serve.backends import OnnxBackend, TorchBackend
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,26 +31,6 @@ def median_ms(call, reps: int) -> float:
     return float(np.median(times)) * 1000
 
 
-def onnx_call(path: Path, model_dir: Path, threads: int, spin: bool):
-    from steps.serve.backends import OnnxBackend
-
-    backend = OnnxBackend(path, model_dir, "kernels", threads, spin=spin)
-    return lambda ids, mask: backend(ids, mask)
-
-
-def torch_call(model_dir: Path, threads: int):
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    torch.set_num_threads(threads)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-
-    def call(ids, mask):
-        with torch.inference_mode():
-            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
-    return call
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a registered-layout folder (make_model.py)")
@@ -60,15 +42,17 @@ def main() -> None:
     precision = json.loads((onnx.parent / "export.json").read_text())["precision"]
     rng = np.random.default_rng(0)
     inputs = {n: rng.integers(1000, 20000, (1, n)).astype(np.int64) for n in args.lengths}
-    configs = [(f"onnx-{precision}", 1, lambda: onnx_call(onnx, model_dir, 1, False)),
-               (f"onnx-{precision}", 2, lambda: onnx_call(onnx, model_dir, 2, True)),
-               ("torch-fp32", 1, lambda: torch_call(model_dir, 1)),
-               ("torch-fp32", 2, lambda: torch_call(model_dir, 2))]
+    # the serving backends themselves: OnnxBackend as the predictor runs it (one core plain, all cores spinning:
+    # the solo path), TorchBackend on the CPU as the baseline's pipeline runs the model
+    configs = [(f"onnx-{precision}", 1, lambda: OnnxBackend(onnx, model_dir, "kernels", 1)),
+               (f"onnx-{precision}", 2, lambda: OnnxBackend(onnx, model_dir, "kernels", 2, spin=True)),
+               ("torch-fp32", 1, lambda: TorchBackend(model_dir, "cpu", 1)),
+               ("torch-fp32", 2, lambda: TorchBackend(model_dir, "cpu", 2))]
     rows = []
     for backend, threads, make in configs:
         call = make()
         for n, ids in inputs.items():
-            ms = median_ms(lambda ids=ids: call(ids, np.ones_like(ids)), args.reps)
+            ms = median_ms(lambda ids=ids, call=call: call(ids, np.ones_like(ids)), args.reps)
             rows.append({"backend": backend, "threads": threads, "tokens": n, "ms": round(ms, 2),
                          "tokens_per_s": round(n / ms * 1000)})
             print(json.dumps(rows[-1]), flush=True)

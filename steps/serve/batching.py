@@ -164,7 +164,8 @@ class Batcher:
             taken = [self._queue.popleft() for _ in range(min(s.max_batch_size, len(self._queue)))]
             groups = group_by_length(taken, [t.encoded.length for t in taken], s.max_batch_tokens, s.max_padding)
             group = next(g for g in groups if any(item is taken[0] for item in g))  # the oldest goes first
-            rest = [item for item in taken if not any(item is member for member in group)]
+            members = {id(item) for item in group}
+            rest = [item for item in taken if id(item) not in members]
             self._queue.extendleft(reversed(rest))  # back at the head, in arrival order, for the next worker
             solo = (self.run_solo is not None and not self._busy and not self._queue
                     and len(group) * max(t.encoded.length for t in group) <= s.solo_max_tokens)

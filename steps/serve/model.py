@@ -153,7 +153,7 @@ class SentimentModel(kserve.Model):
             threads = self.options.threads or max(1, cores // workers)
             onnx = artifacts.onnx_dir / "model.onnx"
             self.backend = OnnxBackend(onnx, artifacts.model_dir, name, threads)
-            if workers > 1 and threads < cores:
+            if workers > 1 and threads < cores and self.options.batching.solo_max_tokens > 0:
                 self.solo_backend = OnnxBackend(onnx, artifacts.model_dir, name, cores, spin=True)
         else:
             workers = self.options.workers or 1
