@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 
 from steps.drift import DriftMonitor, parse_records, read_records
-from steps.psi import DriftReference, continuation_share
+from steps.psi import DriftReference, continuation_share, window_psi
+from steps.serve.records import record
 
 
 def tiny_model(folder: Path, epochs: int) -> Path:
@@ -63,15 +64,9 @@ def records_for(model_dir: Path, texts: list[str], version: str = "1") -> list[s
     ids = tokenizer(texts, truncation=True, max_length=512)["input_ids"]
     probs = predict_proba(model, ids, pad_id=tokenizer.pad_token_id, batch_size=64, precision="fp32")
     special = set(tokenizer.all_special_tokens)
-    out = []
-    for row, p in zip(ids, probs, strict=True):
-        p = float(p)
-        out.append(json.dumps({"ts": 0.0, "model_version": version, "input_tokens": len(row),
-                               "truncated": len(row) >= 512, "confidence": round(max(p, 1 - p), 6),
-                               "probability": round(p, 6), "label": "positive" if p >= 0.5 else "negative",
-                               "content": round(continuation_share(tokenizer.convert_ids_to_tokens(row), special),
-                                                6)}))
-    return out
+    return [json.dumps(record(version, len(row), len(row) >= 512, p,
+                              continuation_share(tokenizer.convert_ids_to_tokens(row), special), ts=0.0))
+            for row, p in zip(ids, probs, strict=True)]
 
 
 def run_windows(reference: DriftReference, lines: list[str], window: int, persist: int) -> dict:
@@ -102,7 +97,6 @@ def speed(lines: list[str], reference: DriftReference, n: int, evidently_rows: i
         start = time.perf_counter()
         features, _ = read_records([path])
         out["parse_s"] = time.perf_counter() - start
-        from steps.psi import window_psi
 
         start = time.perf_counter()
         window_psi(reference, features)

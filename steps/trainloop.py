@@ -404,7 +404,9 @@ def train(model, input_ids: list[list[int]], labels: list[int], cfg: LoopConfig,
 
     backend, backend_ms = _pick_backend(cfg, model, input_ids, labels, plan0, ddp, device, precision, pad_id,
                                         multiple)
-    compiled = want_compile and compile_blocks(model, cfg.compile_shapes) > 0
+    compiled = want_compile
+    if compiled:
+        compile_blocks(model, cfg.compile_shapes)
     if compiled and device.type == "cuda":
         # every shape compiled (and its attention plan built) before the first step: steps run at steady speed
         _warm_shapes(model, input_ids, labels, plan0, ddp, device, precision, pad_id, multiple, cfg, backend)
@@ -614,6 +616,8 @@ def predict_proba(model, input_ids: list[list[int]], *, pad_id: int, batch_size:
     the same lengths first when timing. auto: dynamic from SCORE_COMPILE_BREAK_EVEN reviews on."""
     device = torch.device(device) if device is not None else default_device()
     precision = resolve_precision(precision, device)
+    if compile not in ("auto", "off", "dynamic", "static"):
+        raise ValueError(f"compile must be auto, off, dynamic or static, got {compile!r}")
     multiple = effective_multiple(length_multiple, device, cpu_length_multiple)
     if len(input_ids) == 0:
         return np.zeros(0, dtype=np.float32)
@@ -627,8 +631,6 @@ def predict_proba(model, input_ids: list[list[int]], *, pad_id: int, batch_size:
                for idx in order]
     outputs = []
     backend = sdpa_backend if device.type == "cuda" else "default"
-    if compile not in ("auto", "off", "dynamic", "static"):
-        raise ValueError(f"compile must be auto, off, dynamic or static, got {compile!r}")
     if compile == "auto":
         compile = "dynamic" if len(input_ids) >= SCORE_COMPILE_BREAK_EVEN else "off"
     compiled = compile != "off" and device.type == "cuda"
