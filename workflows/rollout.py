@@ -26,16 +26,18 @@ from hera.workflows import (
 )
 from hera.workflows.models import (
     Backoff,
-    Metadata,
-    Mutex,
-    PodGC,
-    PodSecurityContext,
-    Synchronization,
-    TTLStrategy,
     ValueFrom,
 )
 
-from workflows.training import OUTPUT_ROOT, WorkflowParam, dns_label, package_version
+from workflows.training import (
+    OUTPUT_ROOT,
+    PROFILE_PARAM,
+    WorkflowParam,
+    dns_label,
+    image_params,
+    package_version,
+    template_settings,
+)
 
 TEMPLATE_BASENAME = "sentiment-rollout"
 SERVICE_ACCOUNT = "sentimentops-pipeline"  # charts/sentimentops: bound to the sentimentops-rollout Role
@@ -144,30 +146,9 @@ def add_rollout_tasks(prefix: str = "", after=None, when: str | None = None, rea
 def build(pkg_version: str | None = None) -> WorkflowTemplate:
     """The `sentiment-rollout-v<version>` WorkflowTemplate."""
     pkg_version = pkg_version or package_version()
-    labels = {"app.kubernetes.io/name": "sentimentops", "app.kubernetes.io/component": "rollout",
-              "app.kubernetes.io/version": pkg_version}
-    params = [
-        *rollout_params(),
-        WorkflowParam("profile", "gke", "Config profile exported as SENTIMENTOPS_PROFILE (gke in the cluster)",
-                      ("gke", "local")),
-        WorkflowParam("image-registry", "europe-west4-docker.pkg.dev/sentimentops/sentimentops",
-                      "Registry holding the per-stage images sentimentops-<stage>"),
-        WorkflowParam("image-tag", pkg_version, "Tag of the per-stage images (defaults to the package version)"),
-    ]
-    with WorkflowTemplate(
-        name=template_name(pkg_version),
-        labels=labels,
-        entrypoint="rollout",
-        arguments=[Parameter(name=p.name, value=p.default, description=p.description, enum=list(p.enum) or None)
-                   for p in params],
-        workflow_metadata=Metadata(labels=labels),
-        service_account_name=SERVICE_ACCOUNT,
-        # The stage images run as uid 10001 (images/): the pods refuse root (checkov CKV_ARGO_2).
-        security_context=PodSecurityContext(run_as_non_root=True, run_as_user=10001, run_as_group=10001,
-                                            fs_group=10001),
-        synchronization=Synchronization(mutexes=[Mutex(name=ROLLOUT_MUTEX)]),
-        ttl_strategy=TTLStrategy(seconds_after_success=86400, seconds_after_failure=604800),
-        pod_gc=PodGC(strategy="OnPodSuccess"),
-    ) as wt, DAG(name="rollout"):
+    params = [*rollout_params(), PROFILE_PARAM, *image_params(pkg_version)]
+    with WorkflowTemplate(name=template_name(pkg_version), entrypoint="rollout",
+                          **template_settings("rollout", pkg_version, params, SERVICE_ACCOUNT, ROLLOUT_MUTEX)) as wt, \
+            DAG(name="rollout"):
         add_rollout_tasks()
     return wt

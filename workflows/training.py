@@ -79,6 +79,40 @@ class WorkflowParam:
     enum: tuple[str, ...] = ()
 
 
+PROFILE_PARAM = WorkflowParam("profile", "gke", "Config profile exported as SENTIMENTOPS_PROFILE (gke in the cluster)",
+                              ("gke", "local"))
+
+
+def image_params(pkg_version: str) -> list[WorkflowParam]:
+    """Where every template's stage images come from (sentimentops-<stage>:<tag>)."""
+    return [WorkflowParam("image-registry", "europe-west4-docker.pkg.dev/sentimentops/sentimentops",
+                          "Registry holding the per-stage images sentimentops-<stage>"),
+            WorkflowParam("image-tag", pkg_version, "Tag of the per-stage images (defaults to the package version)")]
+
+
+def template_settings(component: str, pkg_version: str, params: list[WorkflowParam], service_account: str,
+                      mutex: str) -> dict:
+    """What every SentimentOps WorkflowTemplate shares: labels (also on every Workflow started from it, so `argo
+    list -l` finds runs by version), its parameters, one run at a time (mutex), a success kept a day (the UI link
+    in the Slack message stays valid) and a failure a week, successful pods removed at once (failed ones stay for
+    `kubectl logs`), the chart's Workload Identity ServiceAccount, and pods that refuse root (the stage images run
+    as uid 10001, images/; checkov CKV_ARGO_1/2)."""
+    labels = {"app.kubernetes.io/name": "sentimentops", "app.kubernetes.io/component": component,
+              "app.kubernetes.io/version": pkg_version}
+    return {
+        "labels": labels,
+        "arguments": [Parameter(name=p.name, value=p.default, description=p.description, enum=list(p.enum) or None)
+                      for p in params],
+        "workflow_metadata": Metadata(labels=labels),
+        "synchronization": Synchronization(mutexes=[Mutex(name=mutex)]),
+        "ttl_strategy": TTLStrategy(seconds_after_success=86400, seconds_after_failure=604800),
+        "pod_gc": PodGC(strategy="OnPodSuccess"),
+        "service_account_name": service_account,
+        "security_context": PodSecurityContext(run_as_non_root=True, run_as_user=10001, run_as_group=10001,
+                                               fs_group=10001),
+    }
+
+
 def workflow_params(pkg_version: str) -> list[WorkflowParam]:
     """Submission parameters: one per stage flag (docs/stages.md maps them one-to-one) plus run context."""
     return [
@@ -94,13 +128,10 @@ def workflow_params(pkg_version: str) -> list[WorkflowParam]:
                       "a GPU, keeping at least 300 optimizer steps; 32 on CPU), with the learning rate scaled"),
         WorkflowParam("learning-rate", "5e-5", "Peak AdamW learning rate"),
         WorkflowParam("max-length", "512", "Maximum tokens per review (longer reviews are truncated)"),
-        WorkflowParam("profile", "gke", "Config profile exported as SENTIMENTOPS_PROFILE (gke in the cluster)",
-                      ("gke", "local")),
+        PROFILE_PARAM,
         WorkflowParam("reason", "manual",
                       "Why this run started (manual, cron, drift: ...); exported as SENTIMENTOPS_RUN_REASON"),
-        WorkflowParam("image-registry", "europe-west4-docker.pkg.dev/sentimentops/sentimentops",
-                      "Registry holding the per-stage images sentimentops-<stage>"),
-        WorkflowParam("image-tag", pkg_version, "Tag of the per-stage images (defaults to the package version)"),
+        *image_params(pkg_version),
         # The canary rollout after a passing registration (workflows/rollout.py); `make run` passes rollout=skip.
         WorkflowParam("rollout", "canary", "After a registration that passes the promotion policy: canary (roll "
                       "the new version out and let the canary analysis move champion) or skip", ("canary", "skip")),
@@ -209,32 +240,10 @@ def add_rollout(register) -> None:
 def build(pkg_version: str | None = None) -> WorkflowTemplate:
     """The `sentiment-training-v<version>` WorkflowTemplate."""
     pkg_version = pkg_version or package_version()
-    labels = {
-        "app.kubernetes.io/name": "sentimentops",
-        "app.kubernetes.io/component": "training",
-        "app.kubernetes.io/version": pkg_version,
-    }
-    with WorkflowTemplate(
-        name=template_name(pkg_version),
-        labels=labels,
-        entrypoint="pipeline",
-        arguments=[
-            Parameter(name=p.name, value=p.default, description=p.description, enum=list(p.enum) or None)
-            for p in workflow_params(pkg_version)
-        ],
-        # Labels on every Workflow started from this template, so `argo list -l` finds retrains by version.
-        workflow_metadata=Metadata(labels=labels),
-        synchronization=Synchronization(mutexes=[Mutex(name=TRAINING_MUTEX)]),
-        # Keep a success for a day (the UI link in the Slack message stays valid) and a failure for a week.
-        ttl_strategy=TTLStrategy(seconds_after_success=86400, seconds_after_failure=604800),
-        # Failed pods stay for `kubectl logs`; successful ones go as soon as they finish.
-        pod_gc=PodGC(strategy="OnPodSuccess"),
-        # The chart's Workload Identity ServiceAccount (GSA sentimentops-training: buckets + MLflow, nothing else);
-        # the stage images run as uid 10001 (images/), so the pods refuse root (checkov CKV_ARGO_1/2).
-        service_account_name=TRAINING_SERVICE_ACCOUNT,
-        security_context=PodSecurityContext(run_as_non_root=True, run_as_user=10001, run_as_group=10001,
-                                            fs_group=10001),
-    ) as wt:
+    # TRAINING_SERVICE_ACCOUNT: GSA sentimentops-training (buckets + MLflow, nothing else)
+    with WorkflowTemplate(name=template_name(pkg_version), entrypoint="pipeline",
+                          **template_settings("training", pkg_version, workflow_params(pkg_version),
+                                              TRAINING_SERVICE_ACCOUNT, TRAINING_MUTEX)) as wt:
         containers = {s.name: stage_container(s) for s in STAGES}
         with DAG(name="pipeline"):
             tasks = {}

@@ -80,14 +80,15 @@ class Probe:
     label: str = "model_version"
     extra: dict[str, str] = field(default_factory=dict)  # e.g. {"namespace": "sentimentops"}
 
-    def side(self, version: str, window_s: float) -> tuple[Side, float | None, dict[str, str]]:
+    def side(self, version: str, window_s: float, *, psi: bool = False) -> tuple[Side, float | None]:
+        """One deployment's traffic, errors and p99; its drift PSI too when asked (only the canary's is judged)."""
         q = queries(version, window_s, label=self.label, extra=self.extra)
-        values = {name: self.prometheus.query(expr) for name, expr in q.items()}
+        values = {name: self.prometheus.query(expr) for name, expr in q.items() if psi or name != "psi"}
         side = Side(requests=values["requests"] or 0.0, errors=values["errors"] or 0.0, p99_s=values["p99_s"])
-        return side, values["psi"], q
+        return side, values.get("psi")
 
     def observe(self, stable: str, canary: str, *, window_s: float, elapsed_s: float) -> Observation:
-        stable_side, _, _ = self.side(stable, window_s)
-        canary_side, psi, _ = self.side(canary, window_s)
+        stable_side, _ = self.side(stable, window_s)
+        canary_side, psi = self.side(canary, window_s, psi=True)
         return Observation(stable=stable_side, canary=canary_side, elapsed_s=elapsed_s, window_s=window_s,
                            canary_psi=psi)

@@ -9,7 +9,6 @@ A crash after the patch resumes the soak from the recorded start; a crash after 
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -20,8 +19,6 @@ from steps.rollout.analysis import Probe, PrometheusError
 from steps.rollout.policy import RolloutPolicy, Verdict, decide, judge
 from steps.rollout.registry import Registry
 from steps.rollout.state import ACTIVE, FINAL, RolloutState, now_iso
-
-CRASH_ENV = "SENTIMENTOPS_ROLLOUT_CRASH_AT"  # tests: die (os._exit) at a named point, like a killed pod
 
 
 class RolloutError(RuntimeError):
@@ -51,12 +48,6 @@ class Timing:
     ready_timeout_s: float = 600.0
 
 
-def _crash_from_env(point: str) -> None:
-    if os.environ.get(CRASH_ENV) == point:
-        print(f"rollout: crashing at {point} ({CRASH_ENV})", flush=True)
-        os._exit(70)
-
-
 @dataclass
 class Controller:
     target: Target
@@ -66,7 +57,7 @@ class Controller:
     timing: Timing = field(default_factory=Timing)
     canary_percent: int = 10
     sleep: Callable[[float], None] = time.sleep
-    crash_hook: Callable[[str], None] = _crash_from_env
+    crash_hook: Callable[[str], None] = lambda point: None  # tests: raise at a named point, like a killed pod
     say: Callable[[str], None] = lambda line: print(f"rollout: {line}", flush=True)
 
     # ---- deploy ------------------------------------------------------------------------------------------------
@@ -105,7 +96,7 @@ class Controller:
         if state.phase != "canary":
             self.say(f"version {state.candidate_version}: decision already taken ({state.phase}: {state.reason})")
             return state
-        verdict = self._wait_ready(state) or self._soak(state)
+        verdict = self._wait_ready() or self._soak(state)
         evidence = {"decision": verdict.action, "reason": verdict.reason, "target": self.target.kind,
                     "candidate_version": state.candidate_version, "stable_version": state.previous_version,
                     "canary_percent": state.percent, "soak_s": self.timing.soak_s,
@@ -126,7 +117,7 @@ class Controller:
         self.crash_hook("decided")
         return state
 
-    def _wait_ready(self, state: RolloutState) -> Verdict | None:
+    def _wait_ready(self) -> Verdict | None:
         deadline = time.monotonic() + self.timing.ready_timeout_s
         while True:
             ok, why = self.target.ready()

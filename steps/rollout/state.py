@@ -65,7 +65,3 @@ class RolloutState:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-
-def cleared_annotations() -> dict[str, None]:
-    """A merge-patch fragment removing every rollout annotation (null deletes a key)."""
-    return {PREFIX + f.name.replace("_", "-"): None for f in fields(RolloutState)}
