@@ -28,6 +28,7 @@ EPS = 1e-4
 NUMERIC_BINS = 10  # deciles of the reference: equal-mass bins keep every bin's share well away from EPS
 LABELS = ("negative", "positive")
 FEATURES = ("input_tokens", "confidence", "predicted_label", "content")
+RECORD_DECIMALS = 6  # prediction records carry probability, confidence and content rounded to this
 SAMPLE_SIZE = 5000  # reference values kept for the Evidently report (numbers only, no text)
 REFERENCE_FORMAT = 1
 
@@ -163,12 +164,15 @@ class Features:
 
 def features_from_predictions(input_tokens: Sequence[int], probability: Sequence[float],
                               content: Sequence[float]) -> Features:
-    """Features from P(positive) and token statistics, exactly as the predictor records them."""
-    prob = np.asarray(probability, dtype=np.float64)
+    """Features from P(positive) and token statistics, exactly as the predictor records them: rounded to
+    RECORD_DECIMALS like steps/serve/records.py, so a reference built from raw model outputs (evaluate) bins the
+    same values the records carry (for a model whose confidences differ only past the 6th decimal, the unrounded
+    reference and the rounded records drifted apart: PSI 1.5 on identical traffic)."""
+    prob = np.round(np.asarray(probability, dtype=np.float64), RECORD_DECIMALS)
     return Features(input_tokens=np.asarray(input_tokens, dtype=np.float64),
-                    confidence=np.maximum(prob, 1.0 - prob),
+                    confidence=np.round(np.maximum(prob, 1.0 - prob), RECORD_DECIMALS),
                     predicted_label=np.where(prob >= 0.5, LABELS[1], LABELS[0]),
-                    content=np.asarray(content, dtype=np.float64))
+                    content=np.round(np.asarray(content, dtype=np.float64), RECORD_DECIMALS))
 
 
 def build_reference(features: Features, source: str = "", bins: int = NUMERIC_BINS) -> DriftReference:

@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+from steps.psi import RECORD_DECIMALS
+
 
 class PredictionLog:
     def __init__(self, path: Path, *, max_bytes: int = 50 * 2**20, backups: int = 3, log_text: bool = False):
@@ -46,9 +48,9 @@ def record(model_version: str, input_tokens: int, truncated: bool, probability: 
            text: str | None = None, ts: float | None = None) -> dict:
     p = float(probability)
     out = {"ts": round(ts if ts is not None else time.time(), 3), "model_version": model_version,
-           "input_tokens": int(input_tokens), "truncated": bool(truncated), "confidence": round(max(p, 1 - p), 6),
-           "probability": round(p, 6), "label": "positive" if p >= 0.5 else "negative",
-           "content": round(float(content), 6)}
+           "input_tokens": int(input_tokens), "truncated": bool(truncated),
+           "confidence": round(max(p, 1 - p), RECORD_DECIMALS), "probability": round(p, RECORD_DECIMALS),
+           "label": "positive" if p >= 0.5 else "negative", "content": round(float(content), RECORD_DECIMALS)}
     if text is not None:
         out["text"] = text
     return out
