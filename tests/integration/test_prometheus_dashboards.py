@@ -145,15 +145,16 @@ def stack(tmp_path_factory, imdb_dir, tiny_model_dir):
         wait_for(lambda: up(f"http://127.0.0.1:{serve_port}/v2/health/ready"), 120, "predictor ready", [predictor])
         wait_for(lambda: up(f"http://127.0.0.1:{drift_port}/metrics"), 60, "drift monitor", [drift])
         requests = load(f"http://127.0.0.1:{serve_port}", imdb_dir)
-        # every record is in a window, and Prometheus has scraped the final counts for a while (rate windows)
-        wait_for(lambda: _scalar(base, 'sum(sentiment_drift_windows_total)') >= 5, 120, "drift windows", [drift])
         wait_for(lambda: _scalar(base, 'sum(sentiment_requests_total{job="sentiment-predictor"})') >= requests,
                  60, f"{requests} requests scraped")
-        # rules are checked as of now, not as of whenever a test happens to run: after 5 idle minutes (slow waits
-        # on a busy machine) the request rate is 0 and the error ratio rightly absent
+        # rules are checked as of right after the load, before the slower waits below, not as of whenever a test
+        # happens to run: once the load is 5 minutes old (slow waits on a busy machine) the request rate is 0 and
+        # the error ratio rightly absent
         ratio = 'sentiment:request_error_ratio:rate5m{role="stable",model_version="7"}'
-        wait_for(lambda: query(base, ratio)["data"]["result"], 30, ratio)
+        wait_for(lambda: query(base, ratio)["data"]["result"], 60, ratio)
         loaded_at = time.time()
+        # every record is in a window, and Prometheus has scraped the final counts for a while (rate windows)
+        wait_for(lambda: _scalar(base, 'sum(sentiment_drift_windows_total)') >= 5, 120, "drift windows", [drift])
         wait_for(lambda: _scalar(base, 'count(ALERTS{alertname="DataDrift"})') >= 1, 60, "DataDrift evaluated")
         # rate() over the panels' 1m needs two samples of every series, the last ones made after the load
         wait_for(lambda: _scalar(base, 'min(count_over_time(sentiment_errors_total[1m]))') >= 5, 60,
