@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
-        torch.set_num_threads(1)  # STACK-NOTES: on 2 busy cores, 2 threads ran ~50x slower than 1
+        torch.set_num_threads(1)  # 2 threads on 2 busy cores ran ~50x slower (docs/measurements.md)
     import transformers
 
     report: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

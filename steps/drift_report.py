@@ -2,7 +2,7 @@
 sample stored with the model, beside the online PSI of steps.psi; the HTML goes to MLflow.
 
 Evidently bins on its own (from the reference sample), so its PSI differs a little from the online one; both are
-written to `drift.json` so the two can be compared. The Evidently API changed at 0.7 (STACK-NOTES):
+written to `drift.json` so the two can be compared. The Evidently API changed at 0.7 (docs/measurements.md):
 `Report([DataDriftPreset(method="psi")]).run(current, reference)`, current first.
 """
 from __future__ import annotations

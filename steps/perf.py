@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 # Dense bf16 matmul peaks MEASURED (not datasheet) with an 8192^3 bf16 product through PyTorch:
-# H100 SXM 785 TFLOP/s (STACK-NOTES, 2026-11-27; datasheet 989), H200 788 (device KINDS.md, 2026-10-28).
+# H100 SXM 785 TFLOP/s (docs/measurements.md, GPU, 2026-11-27; datasheet 989),
+# H200 788 (device KINDS.md, 2026-10-28).
 # Datasheet only: A100 312. Matched by substring of torch.cuda.get_device_name().
 KNOWN_BF16_PEAK_FLOPS: dict[str, float] = {"H100": 785e12, "H200": 788e12, "A100": 312e12}
 

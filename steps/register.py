@@ -23,7 +23,8 @@ from steps.policy import Decision, PolicySettings, decide
 from steps.tracking import MODEL_ARTIFACT, MODEL_DIR_KEY, alias_version, configure, mlflow_run
 
 PYFUNC_CODE = Path(__file__).parent / "serve" / "pyfunc_model.py"
-# Explicit requirements: MLflow would otherwise infer them (~9 s) and look for torchvision (STACK-NOTES).
+# Explicit requirements: MLflow would otherwise infer them (~9 s) and look for torchvision
+# (docs/measurements.md, MLflow).
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "pandas", "mlflow")
 
 

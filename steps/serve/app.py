@@ -4,8 +4,8 @@ a status (steps/serve/errors.py). The contract is docs/serving.md.
 
 Why our own FastAPI app and not kserve.ModelServer's: its V1/V2 handlers decode bodies before the model sees them,
 so size limits, content-type and UTF-8 errors, and overload could not be answered from one status table, and it
-has no batching (STACK-NOTES). The routes, bodies and answers are KServe's, so clients and the InferenceService
-see the same protocol.
+has no batching (docs/measurements.md, KServe). The routes, bodies and answers are KServe's, so clients and the
+InferenceService see the same protocol.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The rollout's InferenceService patches, both deployment modes, applied as the API server would (RFC 7386 merge
-patch) to the chart's own InferenceService and validated strictly against the KServe CRD in shared/schemas, plus
-the 0..100 range the CRD does not enforce; and the rollout RBAC the chart grants (read, not edited, here)."""
+patch) to the chart's own InferenceService and validated strictly against the KServe CRD committed in
+workflows/schemas, plus the 0..100 range the CRD does not enforce; and the rollout RBAC the chart grants (read,
+not edited, here)."""
 from __future__ import annotations
 
 import copy

@@ -1,6 +1,6 @@
 """The retraining triggers (workflows/triggers.py): CronWorkflow, webhook EventSource and Sensor, rendered and
-checked strictly against shared/schemas, and wired consistently to the training template, Alertmanager and the
-local webhook."""
+checked strictly against the schemas committed in workflows/schemas, and wired consistently to the training
+template, Alertmanager and the local webhook."""
 from __future__ import annotations
 
 import copy

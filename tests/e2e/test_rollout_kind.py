@@ -5,8 +5,9 @@ the healthy candidate is promoted (spec.predictor serves it, spec.canary cleared
 InferenceService, champion moved) and a faulty one rolled back.
 
 It needs a container engine, kind, kubectl, helm and an API server, none of which can run on the development
-machines (STACK-NOTES: no Docker engine, no kind, no cluster), so it skips there with the reason. `make e2e`
-(scripts/e2e/run.sh, owned by the infra work) creates the cluster and sets SENTIMENTOPS_E2E_KUBECONFIG.
+machines (docs/measurements.md, Containers and cluster: no Docker engine, no kind, no cluster), so it skips
+there with the reason. `make e2e` (scripts/e2e/run.sh, owned by the infra work) creates the cluster and sets
+SENTIMENTOPS_E2E_KUBECONFIG.
 """
 from __future__ import annotations
 

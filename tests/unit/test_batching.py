@@ -19,7 +19,7 @@ from steps.batching import (
 
 @pytest.fixture
 def lengths() -> np.ndarray:
-    # IMDB-like: a long tail truncated at 512 (STACK-NOTES: mean 275, 15% at 512)
+    # IMDB-like: a long tail truncated at 512 (docs/measurements.md: mean 275, 15% at 512)
     gen = np.random.default_rng(0)
     return np.minimum(gen.lognormal(5.4, 0.6, size=1000).astype(np.int64) + 1, 512)
 

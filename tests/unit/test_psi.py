@@ -47,7 +47,7 @@ def test_psi_refuses_different_bins():
 
 
 def test_quantile_edges_collapse_ties_and_leave_no_empty_reference_bin():
-    # token counts piled at the 512 truncation limit (15% of IMDB, STACK-NOTES)
+    # token counts piled at the 512 truncation limit (15% of IMDB, docs/measurements.md)
     values = np.concatenate([np.arange(20, 420), np.full(300, 512)])
     edges = quantile_edges(values, 10)
     assert list(edges) == sorted(set(edges))
