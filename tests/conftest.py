@@ -1,12 +1,20 @@
-"""Shared fixtures: offline switches, the shared IMDB data beside the checkout, a tiny DistilBERT, a state folder."""
+"""Shared fixtures: offline switches, the real test data (tests/testdata.py), a tiny DistilBERT, a state folder;
+and a closing `skips:` line for every run."""
 from __future__ import annotations
 
 import os
+import sys
+from collections import Counter
+from functools import cache
 from pathlib import Path
 
 import pytest
 
-# Offline and deterministic, for this process and every step subprocess it starts (STACK-NOTES, offline switches).
+if str(Path(__file__).resolve().parent) not in sys.path:  # tests/ is no package: found under any --import-mode
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import testdata
+
+# Offline and deterministic, for this process and every step subprocess it starts (docs/measurements.md).
 os.environ.update({
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -14,13 +22,13 @@ os.environ.update({
     "DVC_NO_ANALYTICS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "OMP_NUM_THREADS": "1",
-    # One torch thread in step subprocesses too: under a busy second core, 2 threads ran ~50x slower (STACK-NOTES).
+    # One torch thread in step subprocesses too: under a busy second core, 2 threads ran ~50x slower
+    # (docs/measurements.md, CPU threads).
     "SENTIMENTOPS_TRAIN_NUM_THREADS": "1",
     "SENTIMENTOPS_EVALUATE_NUM_THREADS": "1",
 })
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,13 +40,57 @@ def _torch_threads():
     torch.set_num_threads(1)
 
 
+@cache
+def _probe_once(endpoint: str) -> str | None:
+    return testdata.hub_probe(endpoint)
+
+
+_BUILDS: dict[Path, str | None] = {}
+
+
+def _build_once(out: Path, env) -> str | None:
+    """One download attempt per session, whichever fixture asks first (the child lifts the offline switches)."""
+    if out not in _BUILDS:
+        _BUILDS[out] = testdata.build_in_child(out, env)
+    return _BUILDS[out]
+
+
+@cache
+def _data_root(files: tuple[str, ...]) -> Path:
+    found = testdata.resolve(files, probe=_probe_once, build=_build_once)
+    if found.root is None:
+        pytest.skip(found.reason)
+    return found.root
+
+
 @pytest.fixture(scope="session")
 def imdb_dir() -> Path:
-    """The real IMDB reviews (shared/data beside the checkout)."""
-    path = SHARED_DATA / "imdb"
-    if not (path / "sample_train.parquet").is_file():
-        pytest.skip(f"the shared IMDB data is not at {path}")
-    return path
+    """The real IMDB samples: a folder with sample_train.parquet and sample_test.parquet (tests/testdata.py)."""
+    return _data_root(testdata.IMDB_FILES) / "imdb"
+
+
+@pytest.fixture(scope="session")
+def rt_polarity_file() -> Path:
+    """Rotten Tomatoes snippets (text, label): a real shift from IMDB, for drift tests (tests/testdata.py)."""
+    return _data_root(testdata.RT_FILES) / "rt_polarity" / "rt_polarity.parquet"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One closing line, grouped by reason: `skips: 2 skipped (2: needs a Kubernetes cluster)` or `skips: none`,
+    so a run that tested little says so (pytest's own `N passed, M skipped` line still comes last)."""
+    if terminalreporter.config.option.collectonly:
+        return
+    reasons = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ").strip()] += 1
+    total = sum(reasons.values())
+    if not total:
+        terminalreporter.write_line("skips: none")
+        return
+    groups = "; ".join(f"{n}: {reason}" for reason, n in reasons.most_common())
+    terminalreporter.write_line(f"skips: {total} skipped ({groups})")
 
 
 @pytest.fixture()
@@ -52,7 +104,8 @@ def home(tmp_path, monkeypatch) -> Path:
 
 def build_tiny_distilbert(folder: Path, texts: list[str], seed: int = 0, vocab_size: int = 1500) -> Path:
     """A real DistilBERT checkpoint, tiny: a WordPiece tokenizer trained on `texts` and a 2-layer, 32-wide model,
-    saved with save_pretrained so the steps load it through the real from_pretrained path (STACK-NOTES)."""
+    saved with save_pretrained so the steps load it through the real from_pretrained path (docs/measurements.md,
+    Test models)."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast

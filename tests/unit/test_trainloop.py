@@ -26,8 +26,6 @@ from steps.trainloop import (
     train,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "imdb"
-
 
 def load(model_dir: Path):
     from transformers import AutoModelForSequenceClassification
@@ -36,12 +34,12 @@ def load(model_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def imdb(tmp_path_factory, tiny_builder):
+def imdb(tmp_path_factory, tiny_builder, imdb_dir):
     """(model dir, token ids, labels, pad id) for 160 IMDB sample reviews cut to 96 tokens."""
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(1)  # STACK-NOTES: 2 threads on 2 busy cores ran ~50x slower
-    table = pq.read_table(DATA / "sample_train.parquet", columns=["text", "label"]).to_pydict()
+    torch.set_num_threads(1)  # 2 threads on 2 busy cores ran ~50x slower (docs/measurements.md, CPU threads)
+    table = pq.read_table(imdb_dir / "sample_train.parquet", columns=["text", "label"]).to_pydict()
     texts, labels = table["text"][:160], table["label"][:160]
     model_dir = tiny_builder(tmp_path_factory.mktemp("tiny"), table["text"][:400], vocab_size=800)
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -14,15 +14,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 N = 40  # rows per crafted split: enough for 2.5%-granular shares, small enough to stay fast
-IMDB = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "imdb"
-
-
-def imdb_sample(split: str) -> pd.DataFrame:
-    """The shared IMDB samples live beside the checkout (`<repo root>/../shared/data`), not in it."""
-    path = IMDB / f"sample_{split}.parquet"
-    if not path.is_file():
-        pytest.skip(f"shared IMDB sample {path} is not on this machine")
-    return pd.read_parquet(path)
 
 
 def good(n: int = N, prefix: str = "review") -> pd.DataFrame:
@@ -168,8 +159,8 @@ def test_inconsistent_settings_are_rejected():
         ValidateSettings(splits=["train"], overlap_pairs=[("train", "test")])
 
 
-def test_real_imdb_samples_pass():
-    train, test = imdb_sample("train"), imdb_sample("test")
+def test_real_imdb_samples_pass(imdb_dir):
+    train, test = (pd.read_parquet(imdb_dir / f"sample_{split}.parquet") for split in ("train", "test"))
     result = validate_dataset({"train": train, "test": test},
                               ValidateSettings(splits=["train", "test"], overlap_pairs=[("train", "test")]))
     assert result.success, [o.message for o in result.failures]
