@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steps.processes import alive, spawn, stop
+from steps.rollout.analysis import Prometheus, PrometheusError
 from steps.rollout.load import LoadGenerator, load_reviews
 from steps.rollout.state import RolloutState, now_iso
 from steps.serve.client import free_port, sentimentops
@@ -47,37 +48,6 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
             return answer.status == 200
     except OSError:
         return False
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie child of this process counts as dead
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
-
-
-def stop(pid: int | None, grace_s: float = 15.0) -> None:
-    """SIGTERM the process group started for `pid`, SIGKILL after the grace period."""
-    if not alive(pid):
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except OSError:
-        return
-    deadline = time.monotonic() + grace_s
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 @dataclass
@@ -120,7 +90,7 @@ class LocalTarget:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         log = (self.folder / f"{name}.log").open("ab")
         child_env = {**os.environ, "OMP_NUM_THREADS": "1", "SENTIMENTOPS_SERVE_THREADS": "1", **(env or {})}
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
+        proc = spawn(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env)
         log.close()
         return proc.pid
 
@@ -221,13 +191,29 @@ class LocalTarget:
         return state
 
     def ready(self) -> tuple[bool, str]:
-        canary = self.read().get("canary")
+        data = self.read()
+        canary = data.get("canary")
         if not canary:
             return False, "no canary deployed"
         if not alive(canary["pid"]):
             return False, f"canary process {canary['pid']} exited; see {self.folder}/canary-v{canary['version']}.log"
-        ok = http_ok(f"{canary['url']}/v2/health/ready")
-        return ok, "ready" if ok else "canary not ready yet"
+        if not http_ok(f"{canary['url']}/v2/health/ready"):
+            return False, "canary not ready yet"
+        # The soak's load starts once this says ready: Prometheus must hold a sample of both predictors' zero
+        # counters first, or requests served before the first scrape never show in increase() (issue 10).
+        for role in ("stable", "canary"):
+            if not self.scraped(role, data[role]["version"]):
+                return False, f"Prometheus has not scraped the {role} predictor yet"
+        return True, "ready"
+
+    def scraped(self, role: str, version: str) -> bool:
+        """Prometheus has scraped this predictor at least once (its zero-initialised request counter is stored)."""
+        series = (f'sentiment_requests_total{{job="sentiment-local",role="{role}",model_version="{version}",'
+                  f'status="200"}}')
+        try:
+            return Prometheus(self.prometheus_url()).query(f"count({series})") is not None
+        except PrometheusError:
+            return False
 
     def promote(self, state: RolloutState) -> None:
         data = self.read()

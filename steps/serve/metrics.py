@@ -40,8 +40,15 @@ class Metrics:
         self.model_info = Gauge("sentiment_model_info", "What is being served (always 1).",
                                 ["model_name", "model_version", "run_id", "backend"], registry=r)
         self.model_ready = Gauge("sentiment_model_ready", "1 once loaded and warmed up.", registry=r)
-        for label in LABELS:  # zero-initialised series, so rate() and ratios exist from the first scrape
+        # Zero-initialised series, so rate() and ratios exist from the first scrape: a series that first appears
+        # with its final count is flat inside every window (rate 0), and a burst served before the first scrape
+        # after a (re)start would never be counted. The request counter and the latency histogram start at 0 for
+        # every protocol's success status; errors are rarer and other statuses appear on first use.
+        for label in LABELS:
             self.predictions.labels(label)
+        for protocol in PROTOCOLS:
+            self.requests.labels(protocol, "200")
+            self.duration.labels(protocol, "200")
 
     def observe_request(self, protocol: str, status: int, seconds: float, reason: str | None) -> None:
         self.duration.labels(protocol, str(status)).observe(seconds)

@@ -26,11 +26,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from steps.processes import ProcessGroups
 from steps.serve.client import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "data"
 DASHBOARDS = sorted((REPO / "monitoring" / "dashboards").glob("*.json"))
 RULE_FILES = sorted((REPO / "monitoring" / "rules").glob("*.yaml"))
 EMPTY_ON_CPU = {("sentiment-service-health", "GPU use")}  # DCGM exporter metrics: GPU nodes only
@@ -58,6 +58,8 @@ def query(base: str, expr: str, at: float | None = None) -> dict:
 
 
 def wait_for(check, timeout: float, what: str, procs=()):
+    """Polls `check` (a condition, not a clock) until it holds; a process that dies meanwhile fails at once with
+    the tail of its log. The timeout only bounds a run that would otherwise hang."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -65,9 +67,8 @@ def wait_for(check, timeout: float, what: str, procs=()):
             return value
         for proc in procs:
             if proc.poll() is not None:
-                out = proc.stdout.read() if proc.stdout else ""
-                pytest.fail(f"{what}: {proc.args[:4]} exited ({proc.returncode}): {out[-2000:]}")
-        time.sleep(0.5)
+                pytest.fail(f"{what}: {proc.args[:4]} exited ({proc.returncode}): {proc.log.read_text()[-2000:]}")
+        time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}")
 
 
@@ -88,7 +89,7 @@ def post(url: str, body: dict) -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, imdb_dir, tiny_model_dir):
+def stack(tmp_path_factory, imdb_dir, rt_polarity_file, tiny_model_dir):
     binary = prometheus_binary()
     tmp = tmp_path_factory.mktemp("prometheus-stack")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -106,17 +107,19 @@ def stack(tmp_path_factory, imdb_dir, tiny_model_dir):
     serve_port, drift_port, prom_port = free_port(), free_port(), free_port()
     log = tmp / "predictions.jsonl"
     env = {**os.environ, "SENTIMENTOPS_HOME": str(tmp / "home")}
-    procs = []
+    children = ProcessGroups()
 
-    def start(argv: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        procs.append(proc)
+    def start(name: str, argv: list[str]) -> subprocess.Popen:
+        # output to a file, never an unread pipe: a full pipe buffer would block the server mid-test
+        with (tmp / f"{name}.log").open("w") as out:
+            proc = children.start(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc.log = tmp / f"{name}.log"
         return proc
 
-    predictor = start([sys.executable, "-m", "steps.cli", "serve", "--model-dir", str(tiny_model_dir),
+    predictor = start("predictor", [sys.executable, "-m", "steps.cli", "serve", "--model-dir", str(tiny_model_dir),
                        "--model-version", "7", "--port", str(serve_port), "--prediction-log", str(log)])
     log.touch()
-    drift = start([sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
+    drift = start("drift", [sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
                    "--reference", str(tmp / "drift_reference.json"), "--window", str(WINDOW), "--persist", "1",
                    "--port", str(drift_port), "--poll-seconds", "0.2", "--max-seconds", "600"])
     rule_files = []
@@ -138,20 +141,29 @@ def stack(tmp_path_factory, imdb_dir, tiny_model_dir):
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     base = f"http://127.0.0.1:{prom_port}"
-    prometheus = start([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+    prometheus = start("prometheus", [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
                         f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"])
     try:
         wait_for(lambda: up(f"{base}/-/ready"), 60, "prometheus ready", [prometheus])
         wait_for(lambda: up(f"http://127.0.0.1:{serve_port}/v2/health/ready"), 120, "predictor ready", [predictor])
         wait_for(lambda: up(f"http://127.0.0.1:{drift_port}/metrics"), 60, "drift monitor", [drift])
-        requests = load(f"http://127.0.0.1:{serve_port}", imdb_dir)
+        # No load before Prometheus holds a sample of the zero-initialised request counter and the model info of
+        # the predictor: a counter whose first sample is already its final count is flat in every window, its
+        # rate 0, and the error-ratio rule (guarded by `requests > 0`) would record nothing (issue 10: the race
+        # that failed this fixture on a fast CPU, where the whole load fits between two scrapes).
+        wait_for(lambda: query(base, 'sentiment_requests_total{job="sentiment-predictor",protocol="v1",'
+                                     'status="200"} == 0 and on (job, instance) sentiment_model_info')["data"]["result"],
+                 60, "a scrape of the predictor's zero-initialised counters", [predictor, prometheus])
+        wait_for(lambda: query(base, 'up{job="sentiment-drift"} == 1')["data"]["result"], 60,
+                 "a scrape of the drift monitor", [drift, prometheus])
+        requests = load(f"http://127.0.0.1:{serve_port}", imdb_dir, rt_polarity_file)
         wait_for(lambda: _scalar(base, 'sum(sentiment_requests_total{job="sentiment-predictor"})') >= requests,
-                 60, f"{requests} requests scraped")
+                 60, f"{requests} requests scraped", [predictor, prometheus])
         # rules are checked as of right after the load, before the slower waits below, not as of whenever a test
         # happens to run: once the load is 5 minutes old (slow waits on a busy machine) the request rate is 0 and
         # the error ratio rightly absent
         ratio = 'sentiment:request_error_ratio:rate5m{role="stable",model_version="7"}'
-        wait_for(lambda: query(base, ratio)["data"]["result"], 60, ratio)
+        wait_for(lambda: query(base, ratio)["data"]["result"], 60, ratio, [prometheus])
         loaded_at = time.time()
         # every record is in a window, and Prometheus has scraped the final counts for a while (rate windows)
         wait_for(lambda: _scalar(base, 'sum(sentiment_drift_windows_total)') >= 5, 120, "drift windows", [drift])
@@ -161,12 +173,7 @@ def stack(tmp_path_factory, imdb_dir, tiny_model_dir):
                  "5 scrapes of the error series")
         yield {"base": base, "tmp": tmp, "log": log, "loaded_at": loaded_at}
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        children.stop_all()
 
 
 def _scalar(base: str, expr: str) -> float:
@@ -174,11 +181,11 @@ def _scalar(base: str, expr: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
-def load(url: str, imdb_dir: Path) -> int:
+def load(url: str, imdb_dir: Path, rt_polarity_file: Path) -> int:
     """Bounded: 6 invalid requests, 160 IMDB reviews in batches of 1-4, then 100 Rotten Tomatoes snippets;
     returns the number of requests sent."""
     reviews = pd.read_parquet(imdb_dir / "sample_train.parquet")["text"].tolist()[:160]
-    snippets = pd.read_parquet(SHARED / "rt_polarity" / "rt_polarity.parquet").sample(n=100, random_state=0)
+    snippets = pd.read_parquet(rt_polarity_file).sample(n=100, random_state=0)
     batches, i = [], 0
     while i < len(reviews):
         size = 1 + len(batches) % 4

@@ -18,7 +18,7 @@ from steps.serve import errors
 from steps.serve.app import parse_v2
 from steps.serve.backends import Encoded
 from steps.serve.batching import Batcher, BatchSettings, group_by_length
-from steps.serve.metrics import Metrics
+from steps.serve.metrics import PROTOCOLS, Metrics
 from steps.serve.model import Artifacts, choose_backend, find_artifacts
 from steps.serve.records import PredictionLog, record
 
@@ -228,6 +228,18 @@ def test_every_documented_serving_metric_is_exported():
     assert 'sentiment_errors_total{protocol="v2",reason="overloaded",status="503"} 1.0' in text
     assert 'sentiment_predictions_total{label="negative"} 1.0' in text
     assert "sentiment_truncated_total 1.0" in text
+
+
+def test_request_series_exist_at_zero_before_the_first_request():
+    # Incident (issue 10): a burst served before Prometheus's first scrape made the request counter appear with its
+    # final count, flat inside every window: rate() 0, the error-ratio rule recorded nothing, and the dashboards
+    # fixture timed out on a fast CPU. Every protocol's success series is exported at 0 from the start.
+    text = Metrics().exposition().decode()
+    for protocol in PROTOCOLS:
+        assert f'sentiment_requests_total{{protocol="{protocol}",status="200"}} 0.0' in text
+        assert f'sentiment_request_duration_seconds_count{{protocol="{protocol}",status="200"}} 0.0' in text
+    for label in ("negative", "positive"):
+        assert f'sentiment_predictions_total{{label="{label}"}} 0.0' in text
 
 
 def test_pyfunc_folder_artifacts_come_from_the_mlmodel_mapping(tmp_path):
