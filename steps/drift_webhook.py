@@ -5,18 +5,25 @@ DataDrift route sends) starts the local runner on the rendered training template
 new run folder under `--run-root`: the same parameter the Sensor passes in the cluster, so the reason reaches
 MLflow through SENTIMENTOPS_RUN_REASON. Like the template's mutex, one retrain at a time: a POST while one runs
 is answered 409 and starts nothing. GET /runs lists the runs started so far. Listens on 127.0.0.1 only.
+
+The retrain runs in its own process group; when the webhook stops (SIGTERM, Ctrl-C, --max-seconds) it stops the
+running retrain's whole group (runner and step), so nothing outlives it. The run folder keeps what finished: the
+same command resumes it (finished steps are reused, train resumes from its checkpoint).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from steps.processes import spawn, stop
 
 MAX_REASON = 200  # an Argo parameter and an MLflow tag value: short, one line
 
@@ -62,12 +69,19 @@ class Launcher:
                 argv += ["--env", item]
             run_dir.mkdir(parents=True, exist_ok=True)
             log = open(run_dir / "webhook-run.log", "w")  # noqa: SIM115 (the child owns it until it exits)
-            self.current = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.current = spawn(argv, stdout=log, stderr=subprocess.STDOUT)
             log.close()
             record = {"run_dir": str(run_dir), "reason": reason, "pid": self.current.pid}
             self.runs.append(record)
             print(f"drift webhook: started {run_dir} (reason: {reason})", flush=True)
             return record
+
+    def stop(self) -> None:
+        """Stop the running retrain's process group (SIGTERM, SIGKILL after a grace period)."""
+        with self.lock:
+            if self.busy():
+                print(f"drift webhook: stopping the running retrain (pid {self.current.pid})", flush=True)
+                stop(self.current, grace_s=20)
 
     def status(self) -> list[dict]:
         out = []
@@ -128,15 +142,20 @@ def serve(args: argparse.Namespace) -> int:
     launcher = Launcher(args.run_root, args.parameters, args.env, args.template)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(launcher, args.path.rstrip("/")))
     print(f"drift webhook: POST http://127.0.0.1:{server.server_address[1]}{args.path}", flush=True)
+    # shutdown() waits for serve_forever() to return, so it is called from another thread (never the handler's)
+    def shut_down(*_: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shut_down)
     if args.max_seconds:
-        threading.Timer(args.max_seconds, server.shutdown).start()
+        timer = threading.Timer(args.max_seconds, server.shutdown)
+        timer.daemon = True
+        timer.start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
-        if launcher.busy():  # a retrain in flight finishes (resumable) rather than being killed mid-step
-            print("drift webhook: waiting for the running retrain to finish", flush=True)
-            launcher.current.wait()
+        launcher.stop()
     return 0

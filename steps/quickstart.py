@@ -8,18 +8,17 @@ one line and fall back to local data and the offline encoder (profile `local`).
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from steps.config import CommonSettings, load_settings
+from steps.processes import spawn, stop
 from steps.serve.client import predict, sentimentops, wait_ready
 
 # Sized for minutes on a 2-core laptop CPU: 1,800 training reviews at 128 tokens is about 115 steps of 16. On
 # 1,080 reviews the offline encoder (all-MiniLM-L6-v2) reached only 71.8% test accuracy (measured here), under the
-# local baseline; STACK-NOTES measured 80.7% with 2,000 reviews.
+# local baseline; 2,000 reviews reached 80.7% (docs/measurements.md, Pretrained encoder).
 DEMO_PARAMETERS = {
     "profile": "local",
     "source": "auto",
@@ -65,8 +64,8 @@ def serve_and_predict(settings: CommonSettings, port: int, reviews: list[str], t
     log_path = settings.home / "quickstart-serve.log"
     uri = f"models:/{settings.registered_model}@{served_alias(settings)}"
     with log_path.open("w") as log:
-        server = subprocess.Popen([sentimentops(), "serve", "--model-uri", uri, "--port", str(port)],
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = spawn([sentimentops(), "serve", "--model-uri", uri, "--port", str(port)],
+                       stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
         if not wait_ready(base, "sentiment", timeout_s) or server.poll() is not None:
@@ -78,11 +77,7 @@ def serve_and_predict(settings: CommonSettings, port: int, reviews: list[str], t
                   f"{pred['model_name']} version {pred['model_version']}  | {text}")
         return 0
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop(server, grace_s=30)
         print("quickstart: server stopped")
 
 

@@ -10,6 +10,7 @@ schema_check.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -58,12 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.files)
     from workflows.local_runner import run  # imported late: `render` must not pay for the runner
 
+    # SIGTERM (a stopped webhook, a test fixture, `kill`) unwinds like Ctrl-C: the running step is stopped, not
+    # orphaned (workflows/process.py); the same command resumes the run folder later.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         result = run(args.template, args.run_dir, dict(args.parameters), dict(args.env), args.stop_after)
     except (SpecError, ExpressionError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return result.exit_code
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _check(files: list[Path]) -> int:

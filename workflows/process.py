@@ -20,6 +20,8 @@ from typing import TextIO
 
 # With no output for this long, print a heartbeat so a quiet step (a download, a DVC push) still shows life.
 HEARTBEAT_S = 30.0
+# A step asked to stop gets this long to exit before it is killed.
+STOP_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,14 @@ def run_streaming(
             prefixer.finish()
             code = proc.wait()
         except BaseException:
-            # Ctrl-C or an error in the runner: never leave an orphaned training process holding the GPU/CPU.
-            proc.kill()
-            proc.wait()
+            # Ctrl-C, SIGTERM (workflows/cli.py turns it into SystemExit) or an error in the runner: never leave an
+            # orphaned training process holding the GPU/CPU. SIGTERM first, so a step can stop cleanly.
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             raise
         finally:
             proc.stdout.close()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from steps.processes import run
 from steps.serve.client import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(Path(__file__)),
            str(model_dir), str(ddp_out), str(ckpt)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO, check=False)
+    proc = run(cmd, timeout=240, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     r0, r1 = (json.loads((ddp_out / f"result_rank{r}.json").read_text()) for r in (0, 1))

@@ -20,10 +20,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from steps.processes import ProcessGroups, stop
+from steps.processes import run as run_process
 from steps.serve.client import free_port
 
 pytestmark = pytest.mark.slow
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 # PSI noise is about (bins - 1) * (1/window + 1/reference rows): 0.07 at 200 and 400, well under 0.2 (at a window
 # of 100 the content feature of one IMDB window reached 0.24: too small a window for the threshold).
 WINDOW = 200
@@ -62,14 +63,15 @@ def metric(port: int, name: str) -> float | None:
 
 
 def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """Polls a condition; a process that exits meanwhile fails at once with its log. The timeout bounds a hang."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"{what}: the process exited early ({proc.returncode})")
-        time.sleep(0.5)
+            pytest.fail(f"{what}: the process exited early ({proc.returncode}): {proc.log.read_text()[-2000:]}")
+        time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}")
 
 
@@ -92,28 +94,36 @@ def loop(tmp_path, imdb_dir, tiny_model_dir):
                  "--env", "SENTIMENTOPS_REGISTER_BASELINE_ACCURACY=0.0", "--max-seconds", "900"]
     for key, value in params.items():
         hook_argv += ["-p", f"{key}={value}"]
-    hook = subprocess.Popen(hook_argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watch = subprocess.Popen([sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
-                              "--reference", str(tmp_path / "drift_reference.json"), "--window", str(WINDOW),
-                              "--persist", "1", "--port", str(metrics_port), "--poll-seconds", "0.2",
-                              "--webhook-url", f"http://127.0.0.1:{hook_port}/retrain", "--max-seconds", "900"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    children = ProcessGroups()
+
+    def start(name: str, argv: list[str]) -> subprocess.Popen:
+        with (tmp_path / f"{name}.log").open("w") as out:  # a file, never an unread pipe that can fill up
+            proc = children.start(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc.log = tmp_path / f"{name}.log"
+        return proc
+
+    hook = start("webhook", hook_argv)
+    watch = start("watch", [sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
+                            "--reference", str(tmp_path / "drift_reference.json"), "--window", str(WINDOW),
+                            "--persist", "1", "--port", str(metrics_port), "--poll-seconds", "0.2",
+                            "--webhook-url", f"http://127.0.0.1:{hook_port}/retrain", "--max-seconds", "900"])
     try:
         yield {"log": log, "home": home, "hook_port": hook_port, "metrics_port": metrics_port,
                "hook": hook, "watch": watch, "runs": tmp_path / "runs"}
     finally:
-        for proc in (watch, hook):
-            proc.terminate()
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        try:  # the retrains the webhook started (each its own process group): stopped even if the webhook hangs
+            retrains = [run["pid"] for run in get_json(f"http://127.0.0.1:{hook_port}/runs")["runs"]]
+        except OSError:
+            retrains = []
+        children.stop_all()  # the webhook stops its running retrain on SIGTERM
+        for pid in retrains:
+            stop(pid)
 
 
-def test_drift_starts_a_retrain_whose_reason_is_in_mlflow(loop, imdb_dir, tiny_model_dir):
+def test_drift_starts_a_retrain_whose_reason_is_in_mlflow(loop, imdb_dir, rt_polarity_file, tiny_model_dir):
     # held-out reviews the reference did not use (and the tiny tokenizer was not trained on: sample_train)
     imdb = pd.read_parquet(imdb_dir / "sample_test.parquet")["text"].tolist()[400:400 + 3 * WINDOW]
-    snippets = pd.read_parquet(SHARED / "rt_polarity" / "rt_polarity.parquet").sample(n=WINDOW, random_state=0)
+    snippets = pd.read_parquet(rt_polarity_file).sample(n=WINDOW, random_state=0)
     imdb_lines, _ = prediction_records(tiny_model_dir, imdb)
     rt_lines, _ = prediction_records(tiny_model_dir, snippets["text"].tolist())
     port, hook_url = loop["metrics_port"], f"http://127.0.0.1:{loop['hook_port']}"
@@ -154,10 +164,9 @@ def test_drift_starts_a_retrain_whose_reason_is_in_mlflow(loop, imdb_dir, tiny_m
 
     # ... and `drift report` finds it through the registry: Evidently's report of the records, logged to MLflow
     out = loop["log"].parent / "report"
-    done = subprocess.run([sys.executable, "-m", "steps.cli", "drift", "report", "--records", str(loop["log"]),
-                           "--model-uri", f"models:/sentiment/{version.version}", "--out", str(out)],
-                          check=False, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "SENTIMENTOPS_HOME": str(loop["home"])})
+    done = run_process([sys.executable, "-m", "steps.cli", "drift", "report", "--records", str(loop["log"]),
+                        "--model-uri", f"models:/sentiment/{version.version}", "--out", str(out)],
+                       timeout=300, env={**os.environ, "SENTIMENTOPS_HOME": str(loop["home"])})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads((out / "drift.json").read_text())
     assert summary["records"] == 4 * WINDOW and "input_tokens" in summary["drifted"]

@@ -7,6 +7,7 @@ One run folder is driven the way a user would: stopped after `train`, resumed (e
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 
 from steps.manifest import hash_dir, read_manifest
+from steps.processes import run, spawn, stop
 from steps.serve.client import free_port, predict, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -31,7 +33,7 @@ def pipeline(run_dir: Path, home: Path, source: Path, base_model: Path, *extra: 
             "--env", "SENTIMENTOPS_REGISTER_BASELINE_ACCURACY=0.0", *extra]
     for key, value in params.items():
         argv += ["-p", f"{key}={value}"]
-    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600)
+    done = run(argv, timeout=600)
     status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
     assert "Traceback" not in done.stderr + done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     return done.returncode, {name: task["phase"] for name, task in status.get("tasks", {}).items()}
@@ -112,17 +114,17 @@ def test_manifest_chain_links_every_step_to_its_inputs(resumed_run):
 def test_the_champion_is_served_with_its_version(resumed_run):
     port = free_port()
     home = resumed_run["home"]
-    server = subprocess.Popen([CLI, "serve", "--model-uri", "models:/sentiment@champion", "--port", str(port)],
-                              env={**__import__("os").environ, "SENTIMENTOPS_HOME": str(home)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = home / "serve.log"
+    with log.open("w") as out:  # a file, not an unread pipe that could fill and block the server
+        server = spawn([CLI, "serve", "--model-uri", "models:/sentiment@champion", "--port", str(port)],
+                       env={**os.environ, "SENTIMENTOPS_HOME": str(home)}, stdout=out, stderr=subprocess.STDOUT)
     try:
-        assert wait_ready(f"http://127.0.0.1:{port}", "sentiment", 90), server.stderr.read()[-2000:]
+        assert wait_ready(f"http://127.0.0.1:{port}", "sentiment", 90), log.read_text()[-2000:]
         preds = predict(f"http://127.0.0.1:{port}", "sentiment", ["great film", "awful film"])
         assert [p["model_version"] for p in preds] == ["1", "1"]
         assert all(p["label"] in {"positive", "negative"} for p in preds)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 def test_bad_dataset_stops_at_validate_and_registers_nothing(tmp_path, imdb_dir, tiny_model_dir):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from steps.processes import run
 from steps.serve.client import free_port
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ def quickstart(home: Path) -> subprocess.CompletedProcess:
     argv = [CLI, "quickstart", "--port", str(free_port()), "-p", "sample-size=400", "-p", "test-size=100",
             "-p", "max-length=64"]
     env = {**os.environ, "SENTIMENTOPS_HOME": str(home)}
-    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=900, env=env)
+    return run(argv, timeout=900, env=env)
 
 
 def test_quickstart_ends_with_served_predictions_and_a_rerun_reuses_every_step(tmp_path, imdb_dir):

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from steps.processes import run, spawn
+from steps.processes import stop as stop_group
 from steps.serve.client import free_port
 
 pytestmark = pytest.mark.slow
@@ -52,8 +54,8 @@ class Server:
         self.log = tmp / f"serve-{self.port}.log"
         env = {**os.environ, "SENTIMENTOPS_HOME": str(tmp / "home"), "SENTIMENTOPS_MODEL_VERSION": "5"}
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen([CLI, "serve", "--model-dir", str(model), "--port", str(self.port),
-                                          "--threads", "1", *flags], env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = spawn([CLI, "serve", "--model-dir", str(model), "--port", str(self.port),
+                               "--threads", "1", *flags], env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def call(self, path: str, body: bytes | dict | None = None, method: str | None = None,
              headers: dict | None = None) -> tuple[int, dict, dict]:
@@ -89,13 +91,15 @@ class Server:
         return float(match.group(1)) if match else 0.0
 
     def stop(self) -> int:
+        """SIGTERM the server itself (what the drain tests look at), then end its whole process group."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=60)
+            code = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return -9
+            code = -9
+        stop_group(self.proc, grace_s=5)
+        return code
 
 
 @pytest.fixture(scope="module")
@@ -254,11 +258,10 @@ def test_mixed_length_batch_matches_single_requests(server):
 
 def test_schemathesis_finds_no_server_error(server, tmp_path):
     """A bounded property-based pass over the OpenAPI schema (the 2-minute run is benchmarks/serve/fuzz.sh)."""
-    done = subprocess.run([SCHEMATHESIS, "run", f"{server.base}/openapi.json", "--checks", "not_a_server_error",
-                           "--max-examples", "15", "--seed", "1", "--request-timeout", "30", "--max-time", "120",
-                           "--generation-deterministic", "--report-dir", str(tmp_path)],
-                          check=False, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_COLOR": "1"})
+    done = run([SCHEMATHESIS, "run", f"{server.base}/openapi.json", "--checks", "not_a_server_error",
+                "--max-examples", "15", "--seed", "1", "--request-timeout", "30", "--max-time", "120",
+                "--generation-deterministic", "--report-dir", str(tmp_path)],
+               timeout=300, env={**os.environ, "NO_COLOR": "1"})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert server.call("/v2/health/ready")[0] == 200
 

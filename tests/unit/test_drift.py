@@ -16,6 +16,7 @@ import pytest
 
 from steps.drift import DriftMonitor, DriftSettings, RecordTail, parse_records, reference_from_pyfunc
 from steps.drift_webhook import reason_from_body
+from steps.processes import spawn, stop
 from steps.psi import build_reference, features_from_predictions
 from steps.serve.client import free_port
 
@@ -155,10 +156,12 @@ def test_watch_exports_psi_on_its_own_metrics_port(tmp_path, reference):
     rng = np.random.default_rng(6)
     log.write_text("\n".join(records(rng, 200) + records(rng, 100, length_mean=25)) + "\n")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
-                             "--reference", str(ref_path), "--window", "100", "--port", str(port),
-                             "--poll-seconds", "0.1", "--persist", "1", "--max-seconds", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out_path = tmp_path / "watch.log"
+    with out_path.open("w") as out:
+        proc = spawn([sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
+                      "--reference", str(ref_path), "--window", "100", "--port", str(port),
+                      "--poll-seconds", "0.1", "--persist", "1", "--max-seconds", "60"],
+                     stdout=out, stderr=subprocess.STDOUT)
     try:
         text, deadline = "", time.monotonic() + 60
         while time.monotonic() < deadline and 'sentiment_drift_windows_total 3.0' not in text:
@@ -175,8 +178,8 @@ def test_watch_exports_psi_on_its_own_metrics_port(tmp_path, reference):
         assert 'sentiment_drift_triggers_total{outcome="no_webhook"} 1.0' in text
         assert "sentiment_drift_window_records 0.0" in text
     finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0]
+        stop(proc, grace_s=30)
+    out = out_path.read_text()
     assert '"drifted": ["input_tokens"]' in out, out
 
 
