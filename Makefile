@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: run test install render lint clean prometheus-tools
+.PHONY: run test test-fast test-stress stress-tools install render lint clean prometheus-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,33 @@ install: $(VENV)/.installed
 run: install
 	MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 $(BIN)/sentimentops quickstart
 
-## make test: the suite, offline and deterministic (tests/conftest.py sets the offline switches too).
+# The offline switches (tests/conftest.py sets them too, for every process the tests start).
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
+
+## make test: the whole suite (unit, contract, integration with real servers), offline and deterministic.
 test: install tool-venvs prometheus-tools
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## make test-fast: unit and contract tests only (no servers, no training: the tests marked slow are left out).
+test-fast: install tool-venvs prometheus-tools
+	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests/unit tests/contract $(PYTEST_ARGS)
+
+## make test-stress: the integration tier three times in a row while stress-ng keeps both cores busy
+## (STRESS_RUNS, STRESS_CPUS); a race shows here first. Table + .sentimentops/test-stress.json.
+test-stress: install tool-venvs prometheus-tools stress-tools
+	bash scripts/test-stress.sh
+
+stress-tools:
+	@command -v stress-ng >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+	    stress-ng; }
+
+## make test-data: online, once: the tests' real data (IMDB samples, Rotten Tomatoes) from the Hugging Face hub into
+## ${XDG_CACHE_HOME:-~/.cache}/sentimentops/test-data; a no-op where tests/testdata.py already finds it locally.
+.PHONY: test-data
+test-data: install
+	$(BIN)/python tests/testdata.py
 
 ## Prometheus, promtool, Alertmanager and amtool from Debian: the monitoring and rollout tests start them on
 ## 127.0.0.1 (rule unit tests, dashboard queries on really scraped data, the canary analysis).
@@ -39,6 +62,12 @@ prometheus-tools:
 
 render: install
 	$(BIN)/sentimentops render
+
+.PHONY: schemas
+## make schemas: re-download the pinned upstream schemas into workflows/schemas/ and verify their sha256
+## (workflows/schemas/sources.json; `workflows/schemas/refresh.py --check` verifies offline).
+schemas:
+	$(PYTHON) workflows/schemas/refresh.py
 
 lint: install
 	$(BIN)/ruff check steps workflows tests benchmarks

@@ -149,6 +149,7 @@ def test_evidently_report_html_and_psi(tmp_path, reference, home):
     assert {a.path for a in client.list_artifacts(run.info.run_id, "drift")} >= {"drift/drift_report.html"}
 
 
+@pytest.mark.slow  # a server process: left out of `make test-fast`
 def test_watch_exports_psi_on_its_own_metrics_port(tmp_path, reference):
     ref_path = tmp_path / "drift_reference.json"
     reference.write(ref_path)

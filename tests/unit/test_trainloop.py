@@ -141,6 +141,7 @@ def test_resume_refuses_a_checkpoint_with_another_batch_plan(imdb, tmp_path):
               checkpoint_dir=tmp_path, progress=False)
 
 
+@pytest.mark.slow  # trains for ~12 s: left out of `make test-fast`
 def test_the_loop_learns_a_separable_task(imdb):
     """Label 1 iff the review contains token 7 (planted): a working loop must reach high accuracy."""
     model_dir, ids, _, pad = imdb
