@@ -8,14 +8,16 @@ orphan loading the machine for the tests after them).
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 PROC = Path("/proc")
+T = TypeVar("T")
 
 
 def spawn(argv: Sequence[str], **popen_kwargs) -> subprocess.Popen:
@@ -118,6 +120,26 @@ def run(argv: Sequence[str], timeout: float, **kwargs) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def wait_for(check: Callable[[], T], timeout_s: float, what: str, procs: Iterable[subprocess.Popen] = (),
+             poll_s: float = 0.2) -> T:
+    """Poll `check` until it returns something truthy, and return that. Waits for a condition, not for time: the
+    timeout only bounds a hang (TimeoutError), and a process in `procs` that exits meanwhile fails the wait at once
+    (RuntimeError with the tail of its `log`, when it has one)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if value := check():
+            return value
+        for proc in procs:
+            if proc.poll() is not None:
+                log = getattr(proc, "log", None)
+                tail = log.read_text(errors="replace")[-2000:] if log is not None and log.is_file() else ""
+                raise RuntimeError(f"{what}: {shlex.join(map(str, proc.args[:4]))} exited ({proc.returncode})"
+                                   + (f"; its log ends:\n{tail}" if tail else ""))
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+
+
 class ProcessGroups:
     """Children started through it are stopped, newest first, when it closes (a context manager for fixtures)."""
 
@@ -125,8 +147,15 @@ class ProcessGroups:
         self.grace_s = grace_s
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, argv: Sequence[str], **popen_kwargs) -> subprocess.Popen:
-        proc = spawn(argv, **popen_kwargs)
+    def start(self, argv: Sequence[str], log: Path | None = None, **popen_kwargs) -> subprocess.Popen:
+        """Start `argv` in its own group; with `log`, its stdout and stderr go to that file (`proc.log`): a file,
+        never a pipe nobody reads, which fills up and blocks a chatty server mid-run."""
+        if log is None:
+            proc = spawn(argv, **popen_kwargs)
+        else:
+            with log.open("w") as out:
+                proc = spawn(argv, stdout=out, stderr=subprocess.STDOUT, **popen_kwargs)
+            proc.log = log
         self.procs.append(proc)
         return proc
 

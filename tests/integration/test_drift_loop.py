@@ -13,14 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from steps.processes import ProcessGroups, stop
+from steps.processes import ProcessGroups, stop, wait_for
 from steps.processes import run as run_process
 from steps.serve.client import free_port
 
@@ -62,19 +61,6 @@ def metric(port: int, name: str) -> float | None:
     return values[0] if values else None
 
 
-def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    """Polls a condition; a process that exits meanwhile fails at once with its log. The timeout bounds a hang."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"{what}: the process exited early ({proc.returncode}): {proc.log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 @pytest.fixture()
 def loop(tmp_path, imdb_dir, tiny_model_dir):
     from steps.evaluate import write_drift_reference
@@ -97,10 +83,7 @@ def loop(tmp_path, imdb_dir, tiny_model_dir):
     children = ProcessGroups()
 
     def start(name: str, argv: list[str]) -> subprocess.Popen:
-        with (tmp_path / f"{name}.log").open("w") as out:  # a file, never an unread pipe that can fill up
-            proc = children.start(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        proc.log = tmp_path / f"{name}.log"
-        return proc
+        return children.start(argv, log=tmp_path / f"{name}.log", env=env)
 
     hook = start("webhook", hook_argv)
     watch = start("watch", [sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
@@ -128,24 +111,24 @@ def test_drift_starts_a_retrain_whose_reason_is_in_mlflow(loop, imdb_dir, rt_pol
     rt_lines, _ = prediction_records(tiny_model_dir, snippets["text"].tolist())
     port, hook_url = loop["metrics_port"], f"http://127.0.0.1:{loop['hook_port']}"
     wait_for(lambda: metric(port, "sentiment_drift_window_records") is not None, 60, "drift watch /metrics",
-             loop["watch"])
-    wait_for(lambda: _healthy(hook_url), 60, "drift webhook", loop["hook"])
+             [loop["watch"]])
+    wait_for(lambda: _healthy(hook_url), 60, "drift webhook", [loop["hook"]])
 
     with open(loop["log"], "a") as fh:  # three windows of IMDB reviews: no drift, no retrain
         fh.write("\n".join(imdb_lines) + "\n")
-    wait_for(lambda: metric(port, "sentiment_drift_windows_total") == 3, 60, "3 IMDB windows", loop["watch"])
+    wait_for(lambda: metric(port, "sentiment_drift_windows_total") == 3, 60, "3 IMDB windows", [loop["watch"]])
     assert get_json(f"{hook_url}/runs")["runs"] == []
     assert metric(port, 'sentiment_drift_triggers_total{outcome="sent"}') is None
 
     with open(loop["log"], "a") as fh:  # one window of Rotten Tomatoes snippets
         fh.write("\n".join(rt_lines) + "\n")
-    runs = wait_for(lambda: get_json(f"{hook_url}/runs")["runs"], 60, "the webhook call", loop["watch"])
+    runs = wait_for(lambda: get_json(f"{hook_url}/runs")["runs"], 60, "the webhook call", [loop["watch"]])
     assert metric(port, "sentiment_drift_windows_total") == 4  # triggered by the first drifted window
     (run,) = runs
     assert run["reason"].startswith("drift: input_tokens PSI ")
 
     run_dir = Path(run["run_dir"])
-    status = wait_for(lambda: _finished(run_dir), 900, "the retraining run", loop["hook"])
+    status = wait_for(lambda: _finished(run_dir), 900, "the retraining run", [loop["hook"]])
     assert status["phase"] == "Succeeded", (run_dir / "webhook-run.log").read_text()[-3000:]
     assert status["parameters"]["reason"] == run["reason"]
 

@@ -7,18 +7,14 @@ whose step writes its pid and sleeps: the real webhook, the real runner, a real 
 """
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
 
-from steps.processes import ProcessGroups, alive
+from steps.processes import ProcessGroups, alive, wait_for
 from steps.serve.client import free_port, post_json
 
 SLEEPER = r"""
@@ -48,18 +44,6 @@ def template(tmp_path: Path) -> Path:
     return path
 
 
-def wait_for(check, timeout: float, what: str, proc: subprocess.Popen):
-    """Polls a condition; a webhook that exits meanwhile fails at once. The timeout only bounds a hang."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        if proc.poll() is not None:
-            pytest.fail(f"{what}: the webhook exited ({proc.returncode})")
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def healthy(url: str) -> bool:
     try:
         return urllib.request.urlopen(f"{url}/healthz", timeout=2).status == 200
@@ -73,12 +57,12 @@ def test_sigterm_stops_the_running_retrain_and_its_step(tmp_path):
     argv = [sys.executable, "-m", "steps.cli", "drift", "webhook", "--port", str(port), "--run-root",
             str(tmp_path / "runs"), "--template", str(template(tmp_path)), "--env", f"PID_FILE={pid_file}",
             "--max-seconds", "300"]
-    with ProcessGroups() as children, (tmp_path / "webhook.log").open("w") as log:
-        hook = children.start(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-        wait_for(lambda: healthy(url), 60, "the webhook", hook)
+    with ProcessGroups() as children:
+        hook = children.start(argv, log=tmp_path / "webhook.log")
+        wait_for(lambda: healthy(url), 60, "the webhook", [hook])
         started = post_json(f"{url}/retrain", {"reason": "drift: test"})
         assert started["status"] == "started"
-        step_pid = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 120, "the step", hook))
+        step_pid = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 120, "the step", [hook]))
         assert alive(started["pid"]) and alive(step_pid)
 
         hook.send_signal(signal.SIGTERM)  # the webhook alone, as `kill PID` or a pod's stop would

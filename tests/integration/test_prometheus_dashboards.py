@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from steps.processes import ProcessGroups
+from steps.processes import ProcessGroups, wait_for
 from steps.serve.client import free_port
 
 pytestmark = pytest.mark.slow
@@ -55,21 +55,6 @@ def query(base: str, expr: str, at: float | None = None) -> dict:
     except urllib.error.HTTPError as err:  # 400 for a bad query: report Prometheus's message
         body = json.loads(err.read() or b"{}") or {"status": "error", "error": str(err)}
     return body
-
-
-def wait_for(check, timeout: float, what: str, procs=()):
-    """Polls `check` (a condition, not a clock) until it holds; a process that dies meanwhile fails at once with
-    the tail of its log. The timeout only bounds a run that would otherwise hang."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        for proc in procs:
-            if proc.poll() is not None:
-                pytest.fail(f"{what}: {proc.args[:4]} exited ({proc.returncode}): {proc.log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def up(url: str) -> bool:
@@ -110,11 +95,7 @@ def stack(tmp_path_factory, imdb_dir, rt_polarity_file, tiny_model_dir):
     children = ProcessGroups()
 
     def start(name: str, argv: list[str]) -> subprocess.Popen:
-        # output to a file, never an unread pipe: a full pipe buffer would block the server mid-test
-        with (tmp / f"{name}.log").open("w") as out:
-            proc = children.start(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        proc.log = tmp / f"{name}.log"
-        return proc
+        return children.start(argv, log=tmp / f"{name}.log", env=env)
 
     predictor = start("predictor", [sys.executable, "-m", "steps.cli", "serve", "--model-dir", str(tiny_model_dir),
                        "--model-version", "7", "--port", str(serve_port), "--prediction-log", str(log)])
