@@ -2,17 +2,22 @@
 
 A profile (`steps/profiles/<name>.yaml`, chosen by `SENTIMENTOPS_PROFILE`, default `local`) holds a `common`
 section shared by all steps and one section per step. Environment names: `SENTIMENTOPS_<FIELD>` for common fields,
-`SENTIMENTOPS_<SECTION>_<FIELD>` for a step's own fields. String values may use `{home}`, the state folder.
+`SENTIMENTOPS_<SECTION>_<FIELD>` for a step's own fields.
+
+`{home}` in any value (a field's default, the profile file, the environment or a flag; strings, paths, lists of
+them) is replaced by the state folder once the settings object is built, however it is built: a default left
+unexpanded once made Prometheus read `{home}/rollout/local/{home}/rollout/local/targets.json` (a literal `{home}/`
+folder in the working directory, and a local canary analysed on zero requests).
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "local"
@@ -36,8 +41,35 @@ class CommonSettings(BaseModel):
     run_reason: str = Field("manual", description="Why this pipeline run started (manual, cron, drift: ...).")
     workflow_name: str = Field("local", description="Argo workflow name (or the local run folder's name).")
 
+    @model_validator(mode="after")
+    def _expand_home(self):
+        """`home` made absolute (`~` expanded), then `{home}` replaced in every other field: the one place it
+        happens, so a default of any settings class (Field defaults and Path fields included) cannot escape it."""
+        home = Path(os.path.expanduser(str(self.home))).resolve()
+        self.__dict__["home"] = home
+        for name in type(self).model_fields:
+            if name != "home":
+                self.__dict__[name] = expand_home(self.__dict__[name], home)
+        return self
+
 
 T = TypeVar("T", bound=CommonSettings)
+PLACEHOLDER = "{home}"  # in any settings value: the state folder
+
+
+def expand_home(value: Any, home: Path) -> Any:
+    """`value` with `{home}` replaced by `home`, through strings, paths, lists, tuples, dicts and nested models."""
+    if isinstance(value, str):
+        return value.replace(PLACEHOLDER, str(home)) if PLACEHOLDER in value else value
+    if isinstance(value, PurePath):
+        return type(value)(str(value).replace(PLACEHOLDER, str(home))) if PLACEHOLDER in str(value) else value
+    if isinstance(value, list | tuple):
+        return type(value)(expand_home(v, home) for v in value)
+    if isinstance(value, dict):
+        return {k: expand_home(v, home) for k, v in value.items()}
+    if isinstance(value, BaseModel):  # a copy: a model default may be shared between instances
+        return value.model_copy(update={n: expand_home(getattr(value, n), home) for n in type(value).model_fields})
+    return value
 
 
 def _env_name(cls: type[CommonSettings], field: str) -> str:
@@ -77,12 +109,7 @@ def load_settings(
     unknown = set(values) - set(cls.model_fields)
     # Profile files carry every step's common keys; drop only keys this class does not declare at all.
     values = {k: v for k, v in values.items() if k not in unknown}
-    home = Path(os.path.expanduser(str(values.get("home", cls.model_fields["home"].default)))).resolve()
-    values["home"] = home
-    for key, value in values.items():
-        if isinstance(value, str) and "{home}" in value:
-            values[key] = value.replace("{home}", str(home))
-    return cls(**values)
+    return cls(**values)  # `{home}` is expanded by the model itself (CommonSettings._expand_home)
 
 
 def flags(namespace: Any, *names: str) -> dict[str, Any]:

@@ -68,10 +68,18 @@ class RolloutSettings(CommonSettings):
 
 def build_target(settings: RolloutSettings, canary_env: dict[str, str]):
     if settings.target == "kserve":
+        from kubernetes.config import ConfigException
+
+        from steps.rollout.controller import RolloutError
         from steps.rollout.kserve import KServeTarget, in_cluster_namespace
 
-        return KServeTarget(settings.inference_service, settings.namespace or in_cluster_namespace(),
-                            mode=settings.mode, artifacts_destination=settings.artifacts_destination)
+        try:
+            return KServeTarget(settings.inference_service, settings.namespace or in_cluster_namespace(),
+                                mode=settings.mode, artifacts_destination=settings.artifacts_destination)
+        except ConfigException as err:  # run outside a pod: a message, not a traceback
+            raise RolloutError(f"--target kserve needs the pod's Kubernetes ServiceAccount ({err}); on this "
+                               "machine use --target local (docs/rollout.md), or run the pipeline with "
+                               "-p rollout=skip") from err
     from steps.rollout.local import LocalTarget
 
     return LocalTarget(Path(settings.local_dir), settings.registered_model, canary_env=canary_env,

@@ -1,11 +1,14 @@
 """Settings precedence (flags > env > profile) and the manifest chain's hashing and reuse."""
 from __future__ import annotations
 
+import ast
+import importlib
 import json
+from pathlib import Path
 
 import pytest
 
-from steps.config import CommonSettings, load_settings
+from steps.config import PROFILES_DIR, CommonSettings, load_profile, load_settings
 from steps.ingest import IngestSettings
 from steps.manifest import hash_dir, read_manifest, reusable, write_manifest
 from steps.train import TrainSettings
@@ -35,6 +38,82 @@ def test_unknown_profile_is_a_clear_error():
 def test_invalid_value_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="epochs"):
         load_settings(TrainSettings, {"epochs": 0}, env={"SENTIMENTOPS_HOME": str(tmp_path)})
+
+
+STEPS = Path(__file__).resolve().parents[2] / "steps"
+
+
+def settings_classes() -> list[type[CommonSettings]]:
+    """Every settings class in steps/: found in the source (a class deriving from CommonSettings or from another
+    settings class), then imported, so a new step's settings are covered without listing them here."""
+    found: dict[str, str] = {}  # class name -> module
+    trees = {path: ast.parse(path.read_text()) for path in STEPS.rglob("*.py")}
+    names = {"CommonSettings"}
+    while True:  # to a fixpoint: a settings class may derive from another one
+        before = len(found)
+        for path, tree in trees.items():
+            module = ".".join(path.relative_to(STEPS.parent).with_suffix("").parts)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef) and any(getattr(b, "id", getattr(b, "attr", None)) in names
+                                                          for b in node.bases):
+                    found[node.name] = module
+                    names.add(node.name)
+        if len(found) == before:
+            break
+    classes = [getattr(importlib.import_module(module), name) for name, module in sorted(found.items())]
+    assert all(issubclass(cls, CommonSettings) for cls in classes)
+    return classes
+
+
+def strings(value) -> list[str]:
+    """Every string and path inside a dumped settings value."""
+    if isinstance(value, str | Path):
+        return [str(value)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list | tuple | set):
+        return [s for v in value for s in strings(v)]
+    return []
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+def test_no_resolved_setting_of_any_settings_class_contains_home_placeholder(profile, tmp_path, monkeypatch):
+    # Incident: RolloutSettings.local_dir's default "{home}/rollout/local" was never expanded (only values from the
+    # profile/env/flags were), so `sentimentops rollout local up` made a literal `{home}/` folder in the working
+    # directory, Prometheus read a doubled file_sd path and scraped nothing, and the canary was rolled back for
+    # "insufficient canary traffic" while the load generator had sent it 124 requests.
+    monkeypatch.chdir(tmp_path)  # the default home is relative to the working directory
+    classes = settings_classes()
+    assert {"RolloutSettings", "VersionSettings", "TrainSettings", "ServeSettings"} <= {c.__name__ for c in classes}
+    for cls in classes:
+        settings = load_settings(cls, env={"SENTIMENTOPS_PROFILE": profile})  # defaults: no SENTIMENTOPS_* override
+        home = settings.home
+        assert home.is_absolute() and (profile != "local" or home == (tmp_path / ".sentimentops").resolve())
+        leftovers = [s for s in strings(settings.model_dump()) if "{home}" in s]
+        assert leftovers == [], f"{cls.__name__} ({profile}): {leftovers}"
+        sections = load_profile(profile)
+        from_profile = {**(sections.get("common") or {}), **(sections.get(cls.section) or {})}
+        for name, field in cls.model_fields.items():  # each {home} default the profile keeps, under the home
+            if "{home}" in str(field.default) and name not in from_profile:
+                assert str(getattr(settings, name)) == str(field.default).replace("{home}", str(home)), name
+    assert not (tmp_path / "{home}").exists()
+
+
+def test_home_placeholder_is_expanded_from_defaults_env_flags_and_paths(tmp_path):
+    from steps.rollout.cli import RolloutSettings
+    from steps.version import VersionSettings
+
+    home = tmp_path.resolve()
+    env = {"SENTIMENTOPS_HOME": str(home)}
+    assert load_settings(RolloutSettings, env=env).local_dir == f"{home}/rollout/local"  # a Field default
+    assert load_settings(VersionSettings, env=env).workspace == home / "dvc-workspace"  # a Path field
+    assert load_settings(RolloutSettings, env={**env, "SENTIMENTOPS_ROLLOUT_LOCAL_DIR": "{home}/e"}).local_dir \
+        == f"{home}/e"  # environment
+    assert load_settings(RolloutSettings, {"local_dir": "{home}/f"}, env=env).local_dir == f"{home}/f"  # a flag
+    assert load_settings(VersionSettings, {"workspace": Path("{home}/w")}, env=env).workspace == home / "w"
+    # Built directly, without load_settings, too (tests and callers do).
+    assert RolloutSettings(home=home).local_dir == f"{home}/rollout/local"
+    assert VersionSettings(home=home / "h").remote == f"{home}/h/dvc-remote"
 
 
 def test_hash_dir_ignores_manifest_and_logs_but_not_content(tmp_path):
