@@ -17,10 +17,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from steps.processes import run, spawn, stop, wait_for
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))
@@ -91,8 +92,7 @@ def client(env):
 
 
 def cli(env, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    done = subprocess.run([CLI, "rollout", *args], check=False, env=env["env"], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    done = run([CLI, "rollout", *args], timeout=timeout, env=env["env"], cwd=REPO)  # a time-out ends its group
     assert "Traceback" not in done.stdout + done.stderr, done.stdout[-4000:] + done.stderr[-4000:]
     return done
 
@@ -106,6 +106,10 @@ def local(env, request):
     assert up.returncode == 0, up.stdout + up.stderr
     yield folder
     cli(env, "local", "down", "--local-dir", str(folder), timeout=120)
+    data = local_state(folder)  # whatever `local down` could not end: each process leads its own group
+    for pid in [data[r]["pid"] for r in ("stable", "canary", "router", "prometheus") if data.get(r)] + \
+            data.get("retired", []) + [p["pid"] for p in data.get("pending", [])]:
+        stop(pid)
 
 
 def rollout(env, folder: Path, version: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -181,24 +185,20 @@ def test_crash_between_patch_and_decision_then_rerun_is_consistent(env, local, t
     version = VERSIONS["crash"]
     argv = [CLI, "rollout", "run", "--target", "local", "--model", version, "--local-dir", str(local),
             "--load-source", env["source"], *SOAK]
-    first = subprocess.Popen(argv, env=env["env"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
+    log = tmp_path / "first-run.log"
+    with log.open("w") as out:  # a file, never an unread pipe
+        first = spawn(argv, env=env["env"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    first.log = log
     try:
-        # Wait for the patch (the canary deployed and recorded), then kill the controller mid-soak.
-        for _ in range(600):
-            rec = local_state(local).get("rollout") or {}
-            if rec.get("sentimentops.io/rollout-phase") == "canary":
-                break
-            assert first.poll() is None, first.stdout.read()
-            time.sleep(0.5)
-        else:
-            pytest.fail("the canary was never recorded")
-        time.sleep(15)  # a couple of analyses in, no decision yet (the soak is 60 s)
+        # Wait for the patch (the canary deployed and recorded) and a first interval analysis (it continued: no
+        # decision yet, the soak is 60 s), then kill the controller mid-soak.
+        wait_for(lambda: (local_state(local).get("rollout") or {}).get("sentimentops.io/rollout-phase") == "canary",
+                 300, "the canary recorded", [first])
+        wait_for(lambda: "analysis at " in log.read_text(), 120, "a first analysis", [first])
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+        stop(first, grace_s=5)  # the controller's whole group, whatever happened above
     crashed = local_state(local)
     assert crashed["rollout"]["sentimentops.io/rollout-phase"] == "canary"
     assert crashed["canary"]["version"] == version and crashed["routes"]["canary_percent"] == 10
