@@ -46,6 +46,7 @@ from pathlib import Path
 
 import pytest
 
+from steps import processes
 from steps.processes import ProcessGroups, alive, run, stop
 
 pytestmark = pytest.mark.slow
@@ -305,18 +306,16 @@ def http_json(url: str, timeout: float = 5.0):
         return json.load(answer)
 
 
-def wait_for(condition, timeout_s: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while True:
+def wait_for(condition, timeout_s: float, what: str):
+    """steps.processes.wait_for over a condition that cannot be answered yet while a server is not listening or a
+    file is half-written (those count as not yet)."""
+    def check():
         try:
-            value = condition()
-        except (OSError, ValueError):  # not listening yet, or a file not (fully) written yet
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(every)
+            return condition()
+        except (OSError, ValueError):
+            return None
+
+    return processes.wait_for(check, timeout_s, what, poll_s=0.5)
 
 
 @pytest.fixture()
