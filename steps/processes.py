@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Self, TypeVar
 
 PROC = Path("/proc")
+KILL_WAIT_S = 10.0  # after SIGKILL, how long stop() waits for the group to be gone
 T = TypeVar("T")
 
 
@@ -88,14 +89,16 @@ def stop(target: subprocess.Popen | int | None, grace_s: float = 15.0) -> int | 
     proc = target if isinstance(target, subprocess.Popen) else None
     pgid = proc.pid if proc is not None else int(target)
     _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
+    deadline, killed = time.monotonic() + grace_s, False
     while True:
         proc.poll() if proc is not None else alive(pgid)  # reap the leader when it is our child
         if not group_alive(pgid):
             break
         if time.monotonic() >= deadline:
-            _signal_group(pgid, signal.SIGKILL)
-            break
+            if killed:  # unkillable (a process in uninterruptible sleep): give up, do not hang the caller
+                break
+            _signal_group(pgid, signal.SIGKILL)  # delivered at once, but the processes take a moment to die
+            deadline, killed = time.monotonic() + KILL_WAIT_S, True
         time.sleep(0.05)
     if proc is not None:
         try:
