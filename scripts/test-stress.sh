@@ -24,7 +24,8 @@ STRESS_PID=$!
 cleanup() { kill -TERM -- "-$STRESS_PID" 2>/dev/null || true; wait "$STRESS_PID" 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-results=()
+rows="$OUT/runs.tsv"
+: >"$rows"
 failed=0
 for i in $(seq 1 "$RUNS"); do
   start=$(date +%s)
@@ -34,22 +35,25 @@ for i in $(seq 1 "$RUNS"); do
   code=$?
   set -e
   secs=$(( $(date +%s) - start ))
-  summary=$(grep -E '^[=]* ?[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/run-$i.log" | tail -n 1)
-  summary=${summary//=/}
-  summary=$(echo "$summary" | sed 's/^ *//; s/ *$//')
+  # pytest's closing line, without its `=` padding
+  summary=$(grep -E '(passed|failed|error).* in [0-9.]+s' "$OUT/run-$i.log" | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ *$//')
   echo "run $i: exit $code in ${secs}s: $summary"
   [ "$code" = 0 ] || { failed=$((failed + 1)); tail -n 40 "$OUT/run-$i.log"; }
-  results+=("{\"run\": $i, \"exit\": $code, \"seconds\": $secs, \"summary\": \"$summary\"}")
+  printf '%s\t%s\t%s\t%s\n' "$i" "$code" "$secs" "$summary" >>"$rows"
 done
 
 printf '\n| run | exit | seconds | pytest summary |\n| --- | --- | --- | --- |\n'
-for r in "${results[@]}"; do
-  "$BIN/python" -c 'import json,sys; r=json.loads(sys.argv[1]); print(f"| {r[\"run\"]} | {r[\"exit\"]} | {r[\"seconds\"]} | {r[\"summary\"]} |")' "$r"
-done
-{
-  printf '{"cpu": "%s", "cores": %s, "stress_cpus": %s, "tier": "%s", "runs": [' "$cpu" "$(nproc)" "$CPUS" "$TIER"
-  (IFS=,; printf '%s' "${results[*]}")
-  printf ']}\n'
-} >"$OUT/../test-stress.json"
+while IFS=$'\t' read -r run code secs summary; do
+  echo "| $run | $code | $secs | $summary |"
+done <"$rows"
+"$BIN/python" - "$rows" "$cpu" "$(nproc)" "$CPUS" "$TIER" >.sentimentops/test-stress.json <<'PY'
+import json, sys
+rows, cpu, cores, stress_cpus, tier = sys.argv[1:]
+runs = [dict(zip(("run", "exit", "seconds", "summary"), line.rstrip("\n").split("\t"))) for line in open(rows)]
+for run in runs:
+    run.update(run=int(run["run"]), exit=int(run["exit"]), seconds=int(run["seconds"]))
+print(json.dumps({"cpu": cpu, "cores": int(cores), "stress_cpus": int(stress_cpus), "tier": tier, "runs": runs},
+                 indent=2))
+PY
 echo "test-stress: $((RUNS - failed)) of $RUNS runs passed (logs in $OUT/, summary in .sentimentops/test-stress.json)"
 [ "$failed" = 0 ]
