@@ -2,11 +2,11 @@
 
 1. A model: the tiny DistilBERT of the tests (tests/conftest.py), trained for a few epochs on the 2,000 IMDB sample
    reviews so its confidences and labels mean something (or `--model-dir` any Hugging Face folder).
-2. The reference, exactly as `evaluate` writes it (steps.evaluate.write_drift_reference) from 5,000 IMDB *train*
+2. The reference, exactly as `evaluate` writes it (sentimentops.steps.evaluate.write_drift_reference) from 5,000 IMDB *train*
    reviews.
 3. Prediction records (the predictor's JSON lines) for 20 windows of IMDB *test* reviews (no drift), for Rotten
    Tomatoes snippets (rt_polarity: shorter, another site) and for IMDB test with the label prior moved to 90%
-   negative. Each window goes through steps.drift.DriftMonitor (the code `drift watch` runs).
+   negative. Each window goes through sentimentops.steps.drift.cli.DriftMonitor (the code `drift watch` runs).
 4. Speed: 1,000,000 records (resampled from the windows above) written as JSON lines, then timed: parse + PSI as one
    batch, the same through the windowed monitor (2,000 windows of 500), and Evidently's PSI report on them.
 
@@ -29,16 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 
-from steps.drift import DriftMonitor, parse_records, read_records
-from steps.psi import DriftReference, continuation_share, window_psi
-from steps.serve.records import record
+from sentimentops.steps.drift.cli import DriftMonitor, parse_records, read_records
+from sentimentops.steps.core.psi import DriftReference, continuation_share, window_psi
+from sentimentops.steps.serve.records import record
 
 
 def tiny_model(folder: Path, epochs: int) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from steps.trainloop import LoopConfig, train
+    from sentimentops.steps.train.loop import LoopConfig, train
     from tests.conftest import build_tiny_distilbert
 
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def records_for(model_dir: Path, texts: list[str], version: str = "1") -> list[s
     """The predictor's prediction records (docs/metrics.md) for these texts: no raw text."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from steps.trainloop import predict_proba
+    from sentimentops.steps.train.loop import predict_proba
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -109,7 +109,7 @@ def speed(lines: list[str], reference: DriftReference, n: int, evidently_rows: i
         out["windowed_monitor_s"] = time.perf_counter() - start
         out["windows"] = monitor.windows
         if evidently_rows:
-            from steps.drift_report import current_frame, evidently_psi, reference_frame
+            from sentimentops.steps.drift.report import current_frame, evidently_psi, reference_frame
 
             sub, _ = parse_records(raw[:evidently_rows])
             start = time.perf_counter()
@@ -143,7 +143,7 @@ def main() -> None:
         rt = pd.read_parquet(DATA / "rt_polarity" / "rt_polarity.parquet")
         ref_rows = train.iloc[rng.permutation(len(train))[:5000]]
         start = time.perf_counter()
-        from steps.evaluate import write_drift_reference
+        from sentimentops.steps.evaluate import write_drift_reference
 
         ref_lines = records_for(model_dir, ref_rows["text"].tolist())
         ref_features, _ = parse_records(ref_lines)

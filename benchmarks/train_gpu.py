@@ -1,4 +1,4 @@
-"""GPU training and scoring benchmark: the guide recipe against steps.trainloop, in one run (issue 7).
+"""GPU training and scoring benchmark: the guide recipe against sentimentops.steps.train.loop, in one run (issue 7).
 
 Two modes:
   python benchmarks/train_gpu.py --prepare            (here, on CPU) writes the carry folder .device/:
@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 
 import itertools
 
-from steps.batching import collate
-from steps.perf import FlopModel, measure_matmul_peak
-from steps.trainloop import LoopConfig, predict_proba, train
+from sentimentops.steps.core.buckets import collate
+from sentimentops.steps.train.perf import FlopModel, measure_matmul_peak
+from sentimentops.steps.train.loop import LoopConfig, predict_proba, train
 
 EPOCH = 25_000  # IMDB train reviews
 
@@ -216,7 +216,7 @@ def quality(pack: dict, device, quick: bool, peak, guide_epochs: float) -> dict:
                     "val_accuracy": float(((p > 0.5) == va_y).mean())}
     # runs 1-2: batch 128 (sqrt rule) ended under-trained (156 steps, final loss 0.21 against 0.03: -0.64 and
     # -0.42 points), batch 64 matched. The headline "fast" is now what the loop picks for this data size
-    # (batch_size=0: steps.trainloop.batch_size_for, 64 here); batch 128 stays as the reference.
+    # (batch_size=0: sentimentops.steps.train.loop.batch_size_for, 64 here); batch 128 stays as the reference.
     for name, bs, rule in (("fast", 0, "sqrt"), ("fast_bs128", 128, "sqrt")):
         model = fresh("sdpa")
         t0 = time.perf_counter()

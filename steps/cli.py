@@ -8,17 +8,17 @@ import importlib
 import sys
 
 STAGES = {
-    "ingest": "steps.ingest",
-    "validate": "steps.validate",
-    "version": "steps.version",
-    "train": "steps.train",
-    "evaluate": "steps.evaluate",
-    "register": "steps.register",
-    "serve": "steps.serve.server",
-    "predict": "steps.serve.client",
-    "quickstart": "steps.quickstart",
-    "drift": "steps.drift",
-    "rollout": "steps.rollout.cli",
+    "ingest": "sentimentops.steps.ingest",
+    "validate": "sentimentops.steps.validate.cli",
+    "version": "sentimentops.steps.version",
+    "train": "sentimentops.steps.train.cli",
+    "evaluate": "sentimentops.steps.evaluate",
+    "register": "sentimentops.steps.register.cli",
+    "serve": "sentimentops.steps.serve.server",
+    "predict": "sentimentops.steps.core.client",
+    "quickstart": "sentimentops.steps.quickstart",
+    "drift": "sentimentops.steps.drift.cli",
+    "rollout": "sentimentops.steps.rollout.cli",
 }
 # Orchestration commands live in workflows/ (which knows the stages only through this CLI).
 WORKFLOW_COMMANDS = {"render", "pipeline", "check"}
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if command in STAGES:
         return int(importlib.import_module(STAGES[command]).main(rest) or 0)
     if command in WORKFLOW_COMMANDS:
-        from workflows.cli import main as workflows_main
+        from sentimentops.workflows.cli import main as workflows_main
 
         # `pipeline run ...` -> `run ...`; `render ...` stays as is.
         return int(workflows_main(rest if command == "pipeline" else argv) or 0)

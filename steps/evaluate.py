@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from steps.config import CommonSettings, flags, load_settings
-from steps.manifest import read_manifest, reusable, write_manifest
-from steps.tracking import alias_version, download_model_dir, mlflow_run
+from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.manifests import read_manifest, reusable, write_manifest
+from sentimentops.steps.core.tracking import alias_version, download_model_dir, mlflow_run
 
 SERVING_MAX_TOKENS = 512  # the predictor truncates at 512 (steps/serve): the reference must count tokens the same way
 
@@ -81,7 +81,7 @@ def score(model_dir: Path, texts: list[str], settings: EvaluateSettings) -> np.n
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from steps.trainloop import predict_proba
+    from sentimentops.steps.train.loop import predict_proba
 
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
@@ -94,10 +94,10 @@ def score(model_dir: Path, texts: list[str], settings: EvaluateSettings) -> np.n
 
 def write_drift_reference(model_dir: Path, texts: list[str], probs: np.ndarray, out: Path) -> Path:
     """The drift monitor's reference (docs/metrics.md): the challenger's features on the held-out test split, tokenized
-    the way the predictor serves (truncated at 512 tokens), binned by steps.psi; register stores it with the model."""
+    the way the predictor serves (truncated at 512 tokens), binned by sentimentops.steps.core.psi; register stores it with the model."""
     from transformers import AutoTokenizer
 
-    from steps.psi import build_reference, continuation_share, features_from_predictions
+    from sentimentops.steps.core.psi import build_reference, continuation_share, features_from_predictions
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = tokenizer(texts, truncation=True, max_length=SERVING_MAX_TOKENS)["input_ids"]

@@ -14,9 +14,9 @@ from typing import ClassVar
 import pandas as pd
 from pydantic import Field
 
-from steps.config import CommonSettings, flags, load_settings
-from steps.hub import go_offline, hub_reachable
-from steps.manifest import write_manifest
+from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.hub import go_offline, hub_reachable
+from sentimentops.steps.core.manifests import write_manifest
 
 READERS = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True),
            ".json": pd.read_json}

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from steps.config import CommonSettings, load_settings
-from steps.processes import spawn, stop
-from steps.serve.client import predict, sentimentops, wait_ready
+from sentimentops.steps.core.config import CommonSettings, load_settings
+from sentimentops.steps.core.processes import spawn, stop
+from sentimentops.steps.core.client import predict, sentimentops, wait_ready
 
 # Sized for minutes on a 2-core laptop CPU: 1,800 training reviews at 128 tokens is about 115 steps of 16. On
 # 1,080 reviews the offline encoder (all-MiniLM-L6-v2) reached only 71.8% test accuracy (measured here), under the
@@ -50,7 +50,7 @@ def run_pipeline(run_dir: Path, parameters: dict[str, str]) -> int:
 def served_alias(settings: CommonSettings) -> str:
     """`champion`; `challenger` when no version passed the promotion policy yet (said in one line), so the demo
     still ends with a served prediction."""
-    from steps.tracking import alias_version
+    from sentimentops.steps.core.tracking import alias_version
 
     if alias_version(settings, "champion") is not None:
         return "champion"

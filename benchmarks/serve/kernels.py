@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steps.serve.backends import OnnxBackend, TorchBackend
+from sentimentops.steps.core.backends import OnnxBackend, TorchBackend
 
 REPO = Path(__file__).resolve().parents[2]
 

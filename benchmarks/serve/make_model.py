@@ -57,8 +57,8 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=1000)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    from steps.config import load_settings
-    from steps.onnx_export import ExportSettings, export_and_check
+    from sentimentops.steps.core.config import load_settings
+    from sentimentops.steps.register.onnx_export import ExportSettings, export_and_check
 
     if args.out.exists():
         shutil.rmtree(args.out)

@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
-from steps.rollout.policy import Observation, Side
+from sentimentops.steps.rollout.policy import Observation, Side
 
 
 class PrometheusError(RuntimeError):

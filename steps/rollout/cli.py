@@ -23,8 +23,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from steps.config import CommonSettings, flags, load_settings
-from steps.rollout.policy import RolloutPolicy
+from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.rollout.policy import RolloutPolicy
 
 DEFAULT_CLUSTER_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 
@@ -70,8 +70,8 @@ def build_target(settings: RolloutSettings, canary_env: dict[str, str]):
     if settings.target == "kserve":
         from kubernetes.config import ConfigException
 
-        from steps.rollout.controller import RolloutError
-        from steps.rollout.kserve import KServeTarget, in_cluster_namespace
+        from sentimentops.steps.rollout.controller import RolloutError
+        from sentimentops.steps.rollout.kserve import KServeTarget, in_cluster_namespace
 
         try:
             return KServeTarget(settings.inference_service, settings.namespace or in_cluster_namespace(),
@@ -80,16 +80,16 @@ def build_target(settings: RolloutSettings, canary_env: dict[str, str]):
             raise RolloutError(f"--target kserve needs the pod's Kubernetes ServiceAccount ({err}); on this "
                                "machine use --target local (docs/rollout.md), or run the pipeline with "
                                "-p rollout=skip") from err
-    from steps.rollout.local import LocalTarget
+    from sentimentops.steps.rollout.local import LocalTarget
 
     return LocalTarget(Path(settings.local_dir), settings.registered_model, canary_env=canary_env,
                        load_rps=settings.load_rps, load_source=Path(settings.load_source), seed=settings.seed)
 
 
 def build_controller(settings: RolloutSettings, canary_env: dict[str, str]):
-    from steps.rollout.analysis import Probe, Prometheus
-    from steps.rollout.controller import Controller, Timing
-    from steps.rollout.registry import Registry
+    from sentimentops.steps.rollout.analysis import Probe, Prometheus
+    from sentimentops.steps.rollout.controller import Controller, Timing
+    from sentimentops.steps.rollout.registry import Registry
 
     target = build_target(settings, canary_env)
     url = settings.prometheus_url or (DEFAULT_CLUSTER_PROMETHEUS if settings.target == "kserve" else "")
@@ -106,7 +106,7 @@ def write_out(out: Path | None, state, command: str) -> None:
         return
     from dataclasses import asdict
 
-    from steps.manifest import write_manifest
+    from sentimentops.steps.core.manifests import write_manifest
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.target:
         settings = settings.model_copy(update={"target": "kserve" if settings.profile == "gke" else "local"})
     canary_env = dict(kv.split("=", 1) for kv in args.canary_env)
-    from steps.rollout.controller import RolloutError
+    from sentimentops.steps.rollout.controller import RolloutError
 
     try:
         if args.command == "local":
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def local_command(settings: RolloutSettings, args: argparse.Namespace) -> int:
-    from steps.rollout.local import LocalTarget
-    from steps.rollout.registry import Registry
+    from sentimentops.steps.rollout.local import LocalTarget
+    from sentimentops.steps.rollout.registry import Registry
 
     target = LocalTarget(Path(settings.local_dir), settings.registered_model, seed=settings.seed)
     if args.action == "down":

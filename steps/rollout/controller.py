@@ -15,10 +15,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from steps.rollout.analysis import Probe, PrometheusError
-from steps.rollout.policy import RolloutPolicy, Verdict, decide, judge
-from steps.rollout.registry import Registry
-from steps.rollout.state import ACTIVE, FINAL, RolloutState, now_iso
+from sentimentops.steps.rollout.analysis import Probe, PrometheusError
+from sentimentops.steps.rollout.policy import RolloutPolicy, Verdict, decide, judge
+from sentimentops.steps.rollout.registry import Registry
+from sentimentops.steps.rollout.state import ACTIVE, FINAL, RolloutState, now_iso
 
 
 class RolloutError(RuntimeError):

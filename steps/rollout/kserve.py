@@ -9,7 +9,7 @@ RawDeployment (KServe 0.20+, `spec.canary: [{trafficPercent, predictor}]`): the 
 untouched `spec.predictor`. Promote moves the canary predictor into `spec.predictor` and clears `spec.canary`;
 roll back clears `spec.canary`.
 
-Every patch carries the rollout annotations (steps.rollout.state) in the same request, so the object and the
+Every patch carries the rollout annotations (sentimentops.steps.rollout.state) in the same request, so the object and the
 record of what was done to it can never disagree.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from steps.rollout.state import RolloutState, now_iso
+from sentimentops.steps.rollout.state import RolloutState, now_iso
 
 Mode = Literal["serverless", "raw"]
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -207,7 +207,7 @@ class KServeTarget:
         return served_version(self.get()["spec"]["predictor"])
 
     def artifact_uri(self, version: str, download_uri: str) -> str:
-        from steps.rollout.registry import storage_uri
+        from sentimentops.steps.rollout.registry import storage_uri
 
         return storage_uri(download_uri, self.artifacts_destination)
 

@@ -2,7 +2,7 @@
 
   stable predictor  `sentimentops serve --model-uri models:/sentiment/N --port P1`
   canary predictor  the same for the candidate, on P2 (fault injection through its environment, tests only)
-  router            steps.rollout.router: canary_percent of requests to the canary (KServe's traffic split)
+  router            sentimentops.steps.rollout.router: canary_percent of requests to the canary (KServe's traffic split)
   Prometheus        from Debian, a temp config scraping both predictors every second with the target labels
                     model_version and role (what the ServiceMonitor's relabelling gives in the cluster)
 
@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steps.processes import alive, spawn, stop
-from steps.rollout.analysis import Prometheus, PrometheusError
-from steps.rollout.load import LoadGenerator, load_reviews
-from steps.rollout.state import RolloutState, now_iso
-from steps.serve.client import free_port, sentimentops
+from sentimentops.steps.core.processes import alive, spawn, stop
+from sentimentops.steps.rollout.analysis import Prometheus, PrometheusError
+from sentimentops.steps.rollout.load import LoadGenerator, load_reviews
+from sentimentops.steps.rollout.state import RolloutState, now_iso
+from sentimentops.steps.core.client import free_port, sentimentops
 
 PROMETHEUS_CONFIG = """global:
   scrape_interval: {scrape}
@@ -110,7 +110,7 @@ class LocalTarget:
         if not (data.get("router") and alive(data["router"]["pid"])):
             port = free_port()
             data["router"] = {"port": port, "url": f"http://127.0.0.1:{port}", "pid": self._spawn(
-                "router", [sys.executable, "-m", "steps.rollout.router", "--port", str(port),
+                "router", [sys.executable, "-m", "sentimentops.steps.rollout.router", "--port", str(port),
                            "--state", str(self.state_file), "--seed", str(self.seed)])}
         if not (data.get("prometheus") and alive(data["prometheus"]["pid"])):
             data["prometheus"] = self._prometheus()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import re
 
-from steps.config import CommonSettings
-from steps.tracking import configure
+from sentimentops.steps.core.config import CommonSettings
+from sentimentops.steps.core.tracking import configure
 
 TAG_MAX = 5000  # MLflow's limit on a model-version tag value
 

@@ -4,7 +4,7 @@ Each request goes to the canary with probability canary_percent/100 (a seeded RN
 routes live in the local target's state file (`routes`), re-read whenever the file changes, so the controller
 switches traffic with one atomic file replace and the router survives the controller's crash.
 
-    python -m steps.rollout.router --port 18100 --state .sentimentops/rollout/local/state.json
+    python -m sentimentops.steps.rollout.router --port 18100 --state .sentimentops/rollout/local/state.json
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def make_app(state_file: Path, seed: int = 0) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m steps.rollout.router", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sentimentops.steps.rollout.router", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)

@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from steps.serve import faults
-from steps.serve.errors import (
+from sentimentops.steps.serve import faults
+from sentimentops.steps.serve.errors import (
     InvalidInput,
     NotFound,
     NotReady,
@@ -31,8 +31,8 @@ from steps.serve.errors import (
     UnsupportedMediaType,
     error_response,
 )
-from steps.serve.metrics import CONTENT_TYPE, Metrics
-from steps.serve.model import SentimentModel, check_texts, parse_instances
+from sentimentops.steps.serve.metrics import CONTENT_TYPE, Metrics
+from sentimentops.steps.serve.model import SentimentModel, check_texts, parse_instances
 
 log = logging.getLogger("sentimentops.serve.app")
 JSON_TYPES = ("application/json", "application/*+json")

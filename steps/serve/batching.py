@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from steps.serve.backends import Encoded
-from steps.serve.errors import Overloaded
+from sentimentops.steps.core.backends import Encoded
+from sentimentops.steps.serve.errors import Overloaded
 
 log = logging.getLogger("sentimentops.serve.batching")
 
@@ -131,7 +131,7 @@ class Batcher:
         request = _Request(loop, loop.create_future(), np.zeros(len(encoded)), len(encoded))
         with self._cond:
             if self._stopping:
-                from steps.serve.errors import NotReady
+                from sentimentops.steps.serve.errors import NotReady
 
                 raise NotReady("the server is shutting down")
             if len(self._queue) + len(encoded) > self.settings.max_queue:

@@ -17,7 +17,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from steps.serve.errors import Overloaded
+from sentimentops.steps.serve.errors import Overloaded
 
 PREFIX = "SENTIMENTOPS_SERVE_FAULT_"
 

@@ -21,9 +21,9 @@ import kserve
 import numpy as np
 import yaml
 
-from steps.serve.backends import MAX_TOKENS, Encoded, OnnxBackend, TextEncoder, TorchBackend
-from steps.serve.batching import Batcher, BatchSettings
-from steps.serve.errors import InputTooLong, InvalidInput, NotReady, PayloadTooLarge
+from sentimentops.steps.core.backends import MAX_TOKENS, Encoded, OnnxBackend, TextEncoder, TorchBackend
+from sentimentops.steps.serve.batching import Batcher, BatchSettings
+from sentimentops.steps.serve.errors import InputTooLong, InvalidInput, NotReady, PayloadTooLarge
 
 log = logging.getLogger("sentimentops.serve")
 WARMUP_TEXT = "warm-up: the first inference allocates the session's buffers"
@@ -76,7 +76,7 @@ def find_artifacts(folder: Path) -> Artifacts:
 
 
 def choose_backend(artifacts: Artifacts, backend: str, gpu: bool) -> str:
-    from steps.onnx_export import read_report
+    from sentimentops.steps.register.onnx_export import read_report
 
     if backend != "auto":
         return backend
@@ -196,7 +196,7 @@ class SentimentModel(kserve.Model):
         if self.metrics is not None:
             self.metrics.observe_batch([e.length for e in batch], sum(e.truncated for e in batch), probs)
         if self.records is not None:
-            from steps.serve.records import record
+            from sentimentops.steps.serve.records import record
 
             now = time.time()
             self.records.write([record(self.info.version, e.length, e.truncated, p, e.content, ts=now)

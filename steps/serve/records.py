@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from steps.psi import RECORD_DECIMALS
+from sentimentops.steps.core.psi import RECORD_DECIMALS
 
 
 class PredictionLog:

@@ -23,9 +23,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from steps.config import CommonSettings, load_settings
-from steps.serve.batching import BatchSettings
-from steps.serve.model import Limits, ModelInfo, SentimentModel, ServeOptions
+from sentimentops.steps.core.config import CommonSettings, load_settings
+from sentimentops.steps.serve.batching import BatchSettings
+from sentimentops.steps.serve.model import Limits, ModelInfo, SentimentModel, ServeOptions
 
 
 class ServeSettings(CommonSettings):
@@ -54,7 +54,7 @@ class ServeSettings(CommonSettings):
 
 def resolve(uri: str, settings: CommonSettings, cache: Path) -> tuple[Path, ModelInfo]:
     """`models:/name@alias` or `models:/name/N` -> (local pyfunc folder, info with the concrete version)."""
-    from steps.tracking import configure, download_model_dir
+    from sentimentops.steps.core.tracking import configure, download_model_dir
 
     match = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", uri)
     if not match:
@@ -81,9 +81,9 @@ def options_from(settings: ServeSettings) -> ServeOptions:
 
 
 def build(folder: Path, info: ModelInfo, settings: ServeSettings):
-    from steps.serve.app import create_app
-    from steps.serve.metrics import Metrics
-    from steps.serve.records import PredictionLog
+    from sentimentops.steps.serve.app import create_app
+    from sentimentops.steps.serve.metrics import Metrics
+    from sentimentops.steps.serve.records import PredictionLog
 
     metrics = Metrics()
     records = (PredictionLog(settings.prediction_log, log_text=settings.log_text)

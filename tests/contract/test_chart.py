@@ -65,7 +65,7 @@ def test_every_document_passes_strict_validation(rendered):
     import kubernetes_validate
 
     _, docs = rendered
-    from workflows.schema_check import manifest_errors
+    from sentimentops.workflows.checks.schema_check import manifest_errors
 
     problems = []
     for doc in docs:
@@ -127,7 +127,7 @@ def test_monitoring_files_are_picked_up_whatever_exists(tmp_path):
     assert json.loads(dash["data"]["serving.json"])["title"] == "Serving"
     assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert "alertmanager.yaml" in by_kind(after, "Secret")["sentimentops-alertmanager"]["data"]
-    from workflows.schema_check import manifest_errors
+    from sentimentops.workflows.checks.schema_check import manifest_errors
 
     assert manifest_errors(rule) == []
 
@@ -319,7 +319,7 @@ def test_service_monitor_relabels_pod_labels_for_version_and_role(rendered):
         assert relabel["role"] == ["__meta_kubernetes_pod_label_sentimentops_io_role"]
         assert relabel["pod"] == ["__meta_kubernetes_pod_name"]
     # The label names the rollout writes and the relabelling reads are the same (Prometheus: [^a-zA-Z0-9_] -> _).
-    from steps.rollout.kserve import VERSION_LABEL
+    from sentimentops.steps.rollout.kserve import VERSION_LABEL
 
     assert "__meta_kubernetes_pod_label_" + VERSION_LABEL.replace(".", "_").replace("/", "_").replace("-", "_") \
         == "__meta_kubernetes_pod_label_sentimentops_io_model_version"
@@ -338,8 +338,8 @@ def test_initial_predictor_carries_version_and_stable_role_labels(chart):
     predictor = isvc["spec"]["predictor"]
     assert predictor["labels"] == {"sentimentops.io/role": "stable", "sentimentops.io/model-version": "3"}
     assert {"name": "SENTIMENTOPS_MODEL_VERSION", "value": "3"} in predictor["containers"][0]["env"]
-    from steps.rollout.kserve import predictor_for, served_version
-    from workflows.schema_check import manifest_errors
+    from sentimentops.steps.rollout.kserve import predictor_for, served_version
+    from sentimentops.workflows.checks.schema_check import manifest_errors
 
     assert served_version(predictor)[0] == "3"
     # The rollout's candidate keeps the drift sidecar untouched and only rewrites the model server and the label.
@@ -457,7 +457,7 @@ def test_rollout_prometheus_default_is_the_charts_prometheus():
     import re
 
     cli = (REPO / "steps" / "rollout" / "cli.py").read_text()
-    workflow = (REPO / "workflows" / "rollout.py").read_text()
+    workflow = (REPO / "workflows" / "definitions" / "rollout.py").read_text()
     (cli_default,) = re.findall(r'^DEFAULT_CLUSTER_PROMETHEUS = "([^"]+)"', cli, re.MULTILINE)
     (wf_default,) = re.findall(r'^DEFAULT_PROMETHEUS = "([^"]+)"', workflow, re.MULTILINE)
     defaults = {f"{src.stem}:{p['name']}": p.get("value") for src in RENDERED.glob("*.yaml")

@@ -107,7 +107,7 @@ def _minutes(text: str) -> float:
 
 
 def test_rule_groups_wrap_into_a_valid_prometheusrule():
-    from workflows.schema_check import manifest_errors
+    from sentimentops.workflows.checks.schema_check import manifest_errors
 
     for path in RULE_FILES:
         doc = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steps.rollout import kserve
-from steps.rollout.state import PREFIX, RolloutState
-from workflows.schema_check import schema_errors
+from sentimentops.steps.rollout import kserve
+from sentimentops.steps.rollout.state import PREFIX, RolloutState
+from sentimentops.workflows.checks.schema_check import schema_errors
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC = REPO / "charts" / "sentimentops" / "templates" / "rbac.yaml"

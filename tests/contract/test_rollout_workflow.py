@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steps.rollout.cli import parser as rollout_parser
-from workflows import render, rollout
-from workflows.expressions import evaluate_when
-from workflows.schema_check import schema_errors
-from workflows.semantic_check import semantic_errors
-from workflows.spec import depends_satisfied, load_spec, topological_order
+from sentimentops.steps.rollout.cli import parser as rollout_parser
+from sentimentops.workflows import render
+from sentimentops.workflows.definitions import rollout
+from sentimentops.workflows.argo.expressions import evaluate_when
+from sentimentops.workflows.checks.schema_check import schema_errors
+from sentimentops.workflows.checks.semantic_check import semantic_errors
+from sentimentops.workflows.argo.spec import depends_satisfied, load_spec, topological_order
 
 RENDERED = render.RENDERED_DIR / "sentiment-rollout.yaml"
 TRAINING = render.RENDERED_DIR / "sentiment-training.yaml"

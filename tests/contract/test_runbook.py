@@ -109,7 +109,7 @@ def test_argo_commands_name_the_rendered_template_and_chart_objects(chart_docs):
 
 
 def test_kubectl_commands_name_chart_objects_and_patches_stay_valid(chart_docs):
-    from workflows.schema_check import manifest_errors
+    from sentimentops.workflows.checks.schema_check import manifest_errors
 
     isvcs = named(chart_docs, "InferenceService")
     services = named(chart_docs, "Service")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows import schema_check
+from sentimentops.workflows.checks import schema_check
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "workflows" / "schemas"

@@ -101,7 +101,7 @@ def test_every_node_pool_hides_node_credentials_and_uses_the_least_privilege_nod
 
 
 def test_gpu_pool_matches_what_the_training_template_selects_and_tolerates(tf):
-    from workflows import training
+    from sentimentops.workflows.definitions import training
 
     gpu = resources(tf, "google_container_node_pool")["gpu"]
     # The train step selects cloud.google.com/gke-nodepool=<pool name> and tolerates the taint below.

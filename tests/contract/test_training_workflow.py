@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows import cli, render, training
-from workflows.schema_check import manifest_errors, schema_errors
-from workflows.semantic_check import semantic_errors
-from workflows.spec import load_spec, topological_order
+from sentimentops.workflows import cli, render
+from sentimentops.workflows.definitions import training
+from sentimentops.workflows.checks.schema_check import manifest_errors, schema_errors
+from sentimentops.workflows.checks.semantic_check import semantic_errors
+from sentimentops.workflows.argo.spec import load_spec, topological_order
 
 RENDERED = render.RENDERED_DIR / "sentiment-training.yaml"
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows import render, training, triggers
-from workflows.schema_check import manifest_errors
+from sentimentops.workflows import render
+from sentimentops.workflows.definitions import training, triggers
+from sentimentops.workflows.checks.schema_check import manifest_errors
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = {"cron": "sentiment-training-cron.yaml", "eventsource": "sentiment-retrain-eventsource.yaml",
@@ -92,7 +93,7 @@ def test_alertmanager_drift_route_posts_to_the_eventsource_with_its_token(render
 def test_local_webhook_mirrors_the_eventsource():
     import argparse
 
-    from steps.drift_webhook import add_arguments
+    from sentimentops.steps.drift.webhook import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -46,8 +46,8 @@ from pathlib import Path
 
 import pytest
 
-from steps import processes
-from steps.processes import ProcessGroups, alive, run, stop
+from sentimentops.steps.core import processes
+from sentimentops.steps.core.processes import ProcessGroups, alive, run, stop
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -307,7 +307,7 @@ def http_json(url: str, timeout: float = 5.0):
 
 
 def wait_for(condition, timeout_s: float, what: str):
-    """steps.processes.wait_for over a condition that cannot be answered yet while a server is not listening or a
+    """sentimentops.steps.core.processes.wait_for over a condition that cannot be answered yet while a server is not listening or a
     file is half-written (those count as not yet)."""
     def check():
         try:

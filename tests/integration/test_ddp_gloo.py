@@ -1,6 +1,6 @@
 """DDP on CPU: torchrun starts 2 processes over gloo on the same code path as a multi-GPU run.
 
-torchrun runs THIS file as its worker script (the `__main__` block below): each rank calls steps.trainloop.train
+torchrun runs THIS file as its worker script (the `__main__` block below): each rank calls sentimentops.steps.train.loop.train
 exactly as the train step does, which joins the process group from torchrun's environment.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steps.processes import run
-from steps.serve.client import free_port
+from sentimentops.steps.core.processes import run
+from sentimentops.steps.core.client import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # dropout off: with it each rank draws its own masks, and the comparison with one process could not be exact
@@ -46,7 +46,7 @@ def run_training(model_dir: Path, out: Path, batch_size: int, checkpoint_dir: Pa
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from steps.trainloop import LoopConfig, train
+    from sentimentops.steps.train.loop import LoopConfig, train
 
     torch.set_num_threads(1)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)

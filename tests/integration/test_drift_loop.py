@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steps.processes import ProcessGroups, stop, wait_for
-from steps.processes import run as run_process
-from steps.serve.client import free_port
+from sentimentops.steps.core.processes import ProcessGroups, stop, wait_for
+from sentimentops.steps.core.processes import run as run_process
+from sentimentops.steps.core.client import free_port
 
 pytestmark = pytest.mark.slow
 # PSI noise is about (bins - 1) * (1/window + 1/reference rows): 0.07 at 200 and 400, well under 0.2 (at a window
@@ -33,9 +33,9 @@ def prediction_records(model_dir: Path, texts: list[str]) -> tuple[list[str], li
     """What the predictor appends per prediction: token count, P(positive), confidence, label, content; no text."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from steps.psi import continuation_share
-    from steps.serve.records import record
-    from steps.trainloop import predict_proba
+    from sentimentops.steps.core.psi import continuation_share
+    from sentimentops.steps.serve.records import record
+    from sentimentops.steps.train.loop import predict_proba
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -63,7 +63,7 @@ def metric(port: int, name: str) -> float | None:
 
 @pytest.fixture()
 def loop(tmp_path, imdb_dir, tiny_model_dir):
-    from steps.evaluate import write_drift_reference
+    from sentimentops.steps.evaluate import write_drift_reference
 
     test = pd.read_parquet(imdb_dir / "sample_test.parquet")
     _, probs = prediction_records(tiny_model_dir, test["text"].tolist()[:400])
@@ -75,7 +75,7 @@ def loop(tmp_path, imdb_dir, tiny_model_dir):
     params = {"profile": "local", "source": str(imdb_dir), "sample-size": "240", "test-size": "100",
               "base-model": str(tiny_model_dir), "epochs": "1", "batch-size": "16", "learning-rate": "1e-3",
               "max-length": "64", "rollout": "skip"}
-    hook_argv = [sys.executable, "-m", "steps.cli", "drift", "webhook", "--port", str(hook_port),
+    hook_argv = [sys.executable, "-m", "sentimentops.steps.cli", "drift", "webhook", "--port", str(hook_port),
                  "--run-root", str(tmp_path / "runs"), "--env", f"SENTIMENTOPS_HOME={home}",
                  "--env", "SENTIMENTOPS_REGISTER_BASELINE_ACCURACY=0.0", "--max-seconds", "900"]
     for key, value in params.items():
@@ -86,7 +86,7 @@ def loop(tmp_path, imdb_dir, tiny_model_dir):
         return children.start(argv, log=tmp_path / f"{name}.log", env=env)
 
     hook = start("webhook", hook_argv)
-    watch = start("watch", [sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
+    watch = start("watch", [sys.executable, "-m", "sentimentops.steps.cli", "drift", "watch", "--records", str(log),
                             "--reference", str(tmp_path / "drift_reference.json"), "--window", str(WINDOW),
                             "--persist", "1", "--port", str(metrics_port), "--poll-seconds", "0.2",
                             "--webhook-url", f"http://127.0.0.1:{hook_port}/retrain", "--max-seconds", "900"])
@@ -147,7 +147,7 @@ def test_drift_starts_a_retrain_whose_reason_is_in_mlflow(loop, imdb_dir, rt_pol
 
     # ... and `drift report` finds it through the registry: Evidently's report of the records, logged to MLflow
     out = loop["log"].parent / "report"
-    done = run_process([sys.executable, "-m", "steps.cli", "drift", "report", "--records", str(loop["log"]),
+    done = run_process([sys.executable, "-m", "sentimentops.steps.cli", "drift", "report", "--records", str(loop["log"]),
                         "--model-uri", f"models:/sentiment/{version.version}", "--out", str(out)],
                        timeout=300, env={**os.environ, "SENTIMENTOPS_HOME": str(loop["home"])})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from steps.processes import ProcessGroups, alive, wait_for
-from steps.serve.client import free_port, post_json
+from sentimentops.steps.core.processes import ProcessGroups, alive, wait_for
+from sentimentops.steps.core.client import free_port, post_json
 
 SLEEPER = r"""
 import os, pathlib, sys, time
@@ -54,7 +54,7 @@ def healthy(url: str) -> bool:
 def test_sigterm_stops_the_running_retrain_and_its_step(tmp_path):
     port, pid_file = free_port(), tmp_path / "step.pid"
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "steps.cli", "drift", "webhook", "--port", str(port), "--run-root",
+    argv = [sys.executable, "-m", "sentimentops.steps.cli", "drift", "webhook", "--port", str(port), "--run-root",
             str(tmp_path / "runs"), "--template", str(template(tmp_path)), "--env", f"PID_FILE={pid_file}",
             "--max-seconds", "300"]
     with ProcessGroups() as children:

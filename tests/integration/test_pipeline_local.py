@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steps.manifest import hash_dir, read_manifest
-from steps.processes import run, spawn, stop
-from steps.serve.client import free_port, predict, wait_ready
+from sentimentops.steps.core.manifests import hash_dir, read_manifest
+from sentimentops.steps.core.processes import run, spawn, stop
+from sentimentops.steps.core.client import free_port, predict, wait_ready
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))

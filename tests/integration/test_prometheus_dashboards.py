@@ -26,8 +26,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from steps.processes import ProcessGroups, wait_for
-from steps.serve.client import free_port
+from sentimentops.steps.core.processes import ProcessGroups, wait_for
+from sentimentops.steps.core.client import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -79,8 +79,8 @@ def stack(tmp_path_factory, imdb_dir, rt_polarity_file, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("prometheus-stack")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from steps.evaluate import write_drift_reference
-    from steps.trainloop import predict_proba
+    from sentimentops.steps.evaluate import write_drift_reference
+    from sentimentops.steps.train.loop import predict_proba
 
     # the reference exactly as `evaluate` writes it, for the tiny model on held-out IMDB reviews
     test = pd.read_parquet(imdb_dir / "sample_test.parquet")["text"].tolist()[:300]
@@ -97,10 +97,10 @@ def stack(tmp_path_factory, imdb_dir, rt_polarity_file, tiny_model_dir):
     def start(name: str, argv: list[str]) -> subprocess.Popen:
         return children.start(argv, log=tmp / f"{name}.log", env=env)
 
-    predictor = start("predictor", [sys.executable, "-m", "steps.cli", "serve", "--model-dir", str(tiny_model_dir),
+    predictor = start("predictor", [sys.executable, "-m", "sentimentops.steps.cli", "serve", "--model-dir", str(tiny_model_dir),
                        "--model-version", "7", "--port", str(serve_port), "--prediction-log", str(log)])
     log.touch()
-    drift = start("drift", [sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
+    drift = start("drift", [sys.executable, "-m", "sentimentops.steps.cli", "drift", "watch", "--records", str(log),
                    "--reference", str(tmp / "drift_reference.json"), "--window", str(WINDOW), "--persist", "1",
                    "--port", str(drift_port), "--poll-seconds", "0.2", "--max-seconds", "600"])
     rule_files = []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from steps.processes import run, spawn, stop, wait_for
+from sentimentops.steps.core.processes import run, spawn, stop, wait_for
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))
@@ -37,9 +37,9 @@ if shutil.which("prometheus") is None:
 def register_versions(home: Path, model_dirs: list[Path]) -> None:
     """Registers each tiny model through the register stage's own code (pyfunc + lineage tags), as the pipeline
     does; `champion_moves_at: rollout` (the gke setting) so only the rollout moves champion."""
-    from steps.manifest import write_manifest
-    from steps.register import RegisterSettings, register
-    from steps.tracking import configure, mlflow_run
+    from sentimentops.steps.core.manifests import write_manifest
+    from sentimentops.steps.register.cli import RegisterSettings, register
+    from sentimentops.steps.core.tracking import configure, mlflow_run
 
     settings = RegisterSettings(home=home, mlflow_tracking_uri=f"sqlite:///{home}/mlflow.db",
                                 mlflow_artifact_root=str(home / "mlartifacts"), champion_moves_at="rollout",

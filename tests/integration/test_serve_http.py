@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steps.processes import run, spawn
-from steps.processes import stop as stop_group
-from steps.serve.client import free_port
+from sentimentops.steps.core.processes import run, spawn
+from sentimentops.steps.core.processes import stop as stop_group
+from sentimentops.steps.core.client import free_port
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))
@@ -33,8 +33,8 @@ SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 
 @pytest.fixture(scope="module")
 def served_model(tmp_path_factory, tiny_model_dir, imdb_dir) -> Path:
-    from steps.config import load_settings
-    from steps.onnx_export import ExportSettings, export_and_check
+    from sentimentops.steps.core.config import load_settings
+    from sentimentops.steps.register.onnx_export import ExportSettings, export_and_check
 
     root = tmp_path_factory.mktemp("pyfunc")
     shutil.copytree(tiny_model_dir, root / "artifacts" / "model")

@@ -1,4 +1,4 @@
-"""Length bucketing, batch plans and collation (steps.batching)."""
+"""Length bucketing, batch plans and collation (sentimentops.steps.core.buckets)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from steps.batching import (
+from sentimentops.steps.core.buckets import (
     bucket_length,
     bucket_lengths,
     collate,

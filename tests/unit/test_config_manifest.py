@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from steps.config import PROFILES_DIR, CommonSettings, load_profile, load_settings
-from steps.ingest import IngestSettings
-from steps.manifest import hash_dir, read_manifest, reusable, write_manifest
-from steps.train import TrainSettings
+from sentimentops.steps.core.config import PROFILES_DIR, CommonSettings, load_profile, load_settings
+from sentimentops.steps.ingest import IngestSettings
+from sentimentops.steps.core.manifests import hash_dir, read_manifest, reusable, write_manifest
+from sentimentops.steps.train.cli import TrainSettings
 
 
 def test_profile_then_env_then_flags(tmp_path):
@@ -100,8 +100,8 @@ def test_no_resolved_setting_of_any_settings_class_contains_home_placeholder(pro
 
 
 def test_home_placeholder_is_expanded_from_defaults_env_flags_and_paths(tmp_path):
-    from steps.rollout.cli import RolloutSettings
-    from steps.version import VersionSettings
+    from sentimentops.steps.rollout.cli import RolloutSettings
+    from sentimentops.steps.version import VersionSettings
 
     home = tmp_path.resolve()
     env = {"SENTIMENTOPS_HOME": str(home)}

@@ -1,4 +1,4 @@
-"""steps.drift: windows and the persistence rule, record parsing and tailing (rotation), the webhook reason,
+"""sentimentops.steps.drift.cli: windows and the persistence rule, record parsing and tailing (rotation), the webhook reason,
 the Evidently report, and the /metrics of `drift watch` (a real subprocess on 127.0.0.1)."""
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steps.drift import DriftMonitor, DriftSettings, RecordTail, parse_records, reference_from_pyfunc
-from steps.drift_webhook import reason_from_body
-from steps.processes import spawn, stop
-from steps.psi import build_reference, features_from_predictions
-from steps.serve.client import free_port
+from sentimentops.steps.drift.cli import DriftMonitor, DriftSettings, RecordTail, parse_records, reference_from_pyfunc
+from sentimentops.steps.drift.webhook import reason_from_body
+from sentimentops.steps.core.processes import spawn, stop
+from sentimentops.steps.core.psi import build_reference, features_from_predictions
+from sentimentops.steps.core.client import free_port
 
 
 def records(rng, n, length_mean=230.0, p_positive=0.5, version="3") -> list[str]:
@@ -128,7 +128,7 @@ def test_reference_is_found_through_the_pyfunc_mlmodel(tmp_path):
 
 
 def test_evidently_report_html_and_psi(tmp_path, reference, home):
-    from steps.drift_report import report
+    from sentimentops.steps.drift.report import report
 
     rng = np.random.default_rng(5)
     log = tmp_path / "predictions.jsonl"
@@ -159,7 +159,7 @@ def test_watch_exports_psi_on_its_own_metrics_port(tmp_path, reference):
     port = free_port()
     out_path = tmp_path / "watch.log"
     with out_path.open("w") as out:
-        proc = spawn([sys.executable, "-m", "steps.cli", "drift", "watch", "--records", str(log),
+        proc = spawn([sys.executable, "-m", "sentimentops.steps.cli", "drift", "watch", "--records", str(log),
                       "--reference", str(ref_path), "--window", "100", "--port", str(port),
                       "--poll-seconds", "0.1", "--persist", "1", "--max-seconds", "60"],
                      stdout=out, stderr=subprocess.STDOUT)
@@ -190,7 +190,7 @@ def test_features_match_what_the_predictor_records():
 
 
 def test_cli_is_registered():
-    from steps import cli
+    from sentimentops.steps import cli
 
-    assert cli.STAGES["drift"] == "steps.drift"
-    assert Path(cli.__file__).parent.joinpath("drift.py").is_file()
+    assert cli.STAGES["drift"] == "sentimentops.steps.drift.cli"
+    assert Path(cli.__file__).parent.joinpath("drift", "cli.py").is_file()

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from kserve.errors import InvalidInput
 
-from steps.config import load_settings
-from steps.evaluate import compute_metrics, plot_confusion
-from steps.serve.model import ModelInfo, SentimentModel, parse_instances
-from steps.train import BaseModelError, TrainSettings, resolve_base_model
+from sentimentops.steps.core.config import load_settings
+from sentimentops.steps.evaluate import compute_metrics, plot_confusion
+from sentimentops.steps.serve.model import ModelInfo, SentimentModel, parse_instances
+from sentimentops.steps.train.cli import BaseModelError, TrainSettings, resolve_base_model
 
 
 def test_metrics_from_known_predictions(tmp_path):

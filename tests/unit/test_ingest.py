@@ -6,9 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from steps.config import load_settings
-from steps.ingest import IngestSettings, make_splits, read_local, resolve_source, stratified_sample
-from steps.ingest import main as ingest_main
+from sentimentops.steps.core.config import load_settings
+from sentimentops.steps.ingest import IngestSettings, make_splits, read_local, resolve_source, stratified_sample
+from sentimentops.steps.ingest import main as ingest_main
 
 
 def settings(**kw) -> IngestSettings:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows import cli
-from workflows.local_runner import run
-from workflows.spec import SpecError
+from sentimentops.workflows import cli
+from sentimentops.workflows.runner.local_runner import run
+from sentimentops.workflows.argo.spec import SpecError
 
 # Writes the parameter into the output folder, a `promoted` file for the output parameter, and its argv.
 PRODUCE = r"""
@@ -293,6 +293,6 @@ def test_cli_run_passes_parameters_and_returns_the_exit_code(tmp_path, capsys):
 
 
 def test_sentimentops_resolves_next_to_the_interpreter_first():
-    from workflows.process import resolve_executable
+    from sentimentops.workflows.runner.process import resolve_executable
 
     assert resolve_executable("python") == str(Path(sys.executable).parent / "python")

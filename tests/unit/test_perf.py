@@ -1,4 +1,4 @@
-"""FLOP counts, MFU and the throughput meter (steps.perf)."""
+"""FLOP counts, MFU and the throughput meter (sentimentops.steps.train.perf)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from steps import perf
-from steps.perf import FlopModel, ThroughputMeter, known_peak_flops, matmul_params, measure_matmul_peak
+from sentimentops.steps.train import perf
+from sentimentops.steps.train.perf import FlopModel, ThroughputMeter, known_peak_flops, matmul_params, measure_matmul_peak
 
 
 def test_matmul_params_count_linear_weights_only():

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from steps.policy import PolicySettings, decide
+from sentimentops.steps.register.promotion import PolicySettings, decide
 
 POLICY = PolicySettings(baseline_accuracy=0.80, min_gain_over_baseline=0.0, min_gain_over_champion=0.005,
                         max_f1_drop=0.01)

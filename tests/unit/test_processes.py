@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from steps.processes import ProcessGroups, alive, group_alive, run, spawn, stop, wait_for
+from sentimentops.steps.core.processes import ProcessGroups, alive, group_alive, run, spawn, stop, wait_for
 
 # A parent that starts a grandchild in its group and waits (bounded); the grandchild, once set up, prints its pid
 # on the stdout it shares with the parent.

@@ -1,4 +1,4 @@
-"""steps.psi: the pure PSI/binning core (reference file round trip, bins, the content signal)."""
+"""sentimentops.steps.core.psi: the pure PSI/binning core (reference file round trip, bins, the content signal)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from steps.psi import (
+from sentimentops.steps.core.psi import (
     EPS,
     DriftReference,
     bin_counts,

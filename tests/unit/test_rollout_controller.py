@@ -10,12 +10,12 @@ from datetime import timedelta
 
 import pytest
 
-from steps.rollout import kserve
-from steps.rollout.controller import Controller, RolloutError, Timing
-from steps.rollout.policy import Observation, RolloutPolicy, Side
-from steps.rollout.registry import Registry, storage_uri
-from steps.rollout.state import RolloutState
-from steps.tracking import configure
+from sentimentops.steps.rollout import kserve
+from sentimentops.steps.rollout.controller import Controller, RolloutError, Timing
+from sentimentops.steps.rollout.policy import Observation, RolloutPolicy, Side
+from sentimentops.steps.rollout.registry import Registry, storage_uri
+from sentimentops.steps.rollout.state import RolloutState
+from sentimentops.steps.core.tracking import configure
 from tests.contract.test_rollout_kserve import ISVC, FakeCore, FakeCustomObjects
 
 
@@ -27,7 +27,7 @@ class Clock:
     """Fake time for state.elapsed_s: sleeping advances it."""
 
     def __init__(self, monkeypatch):
-        import steps.rollout.state as state_mod
+        import sentimentops.steps.rollout.state as state_mod
 
         self.t = 0.0
         base = state_mod.datetime.fromisoformat("2026-11-27T03:00:00+00:00")
@@ -68,8 +68,8 @@ def mlflow_home(tmp_path_factory) -> str:
 @pytest.fixture()
 def registry(mlflow_home, monkeypatch):
     """One sqlite database for the module (creating it costs seconds), a fresh registered model per test."""
-    from steps.config import CommonSettings, load_settings
-    from steps.tracking import experiment_id
+    from sentimentops.steps.core.config import CommonSettings, load_settings
+    from sentimentops.steps.core.tracking import experiment_id
 
     monkeypatch.setenv("SENTIMENTOPS_HOME", mlflow_home)
     monkeypatch.setenv("SENTIMENTOPS_PROFILE", "local")

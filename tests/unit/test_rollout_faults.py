@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from steps.serve import faults
+from sentimentops.steps.serve import faults
 
 
 def test_off_by_default():
@@ -39,8 +39,8 @@ def test_bad_settings_are_refused():
 def test_faults_show_in_the_predictors_own_metrics(monkeypatch, tiny_model_dir):
     from fastapi.testclient import TestClient
 
-    from steps.serve.model import ModelInfo
-    from steps.serve.server import ServeSettings, build
+    from sentimentops.steps.serve.model import ModelInfo
+    from sentimentops.steps.serve.server import ServeSettings, build
 
     monkeypatch.setenv("SENTIMENTOPS_SERVE_FAULT_ERROR_RATE", "1.0")
     monkeypatch.setenv("SENTIMENTOPS_SERVE_FAULT_LATENCY_MS", "150")

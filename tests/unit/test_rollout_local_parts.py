@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from steps.rollout.analysis import Prometheus, PrometheusError, queries
-from steps.rollout.cli import seconds
-from steps.rollout.local import LocalTarget
-from steps.rollout.router import Routes
-from steps.rollout.state import RolloutState
+from sentimentops.steps.rollout.analysis import Prometheus, PrometheusError, queries
+from sentimentops.steps.rollout.cli import seconds
+from sentimentops.steps.rollout.local import LocalTarget
+from sentimentops.steps.rollout.router import Routes
+from sentimentops.steps.rollout.state import RolloutState
 
 
 def write_routes(path, canary_percent: int, canary: str | None = "http://127.0.0.1:2") -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from steps.rollout.policy import Observation, RolloutPolicy, Side, decide, judge
+from sentimentops.steps.rollout.policy import Observation, RolloutPolicy, Side, decide, judge
 
 POLICY = RolloutPolicy()
 SOAK = 1800.0

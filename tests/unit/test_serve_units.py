@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from kserve.errors import InvalidInput as KServeInvalidInput
 
-from steps.onnx_export import ExportReport, int8_accepted
-from steps.serve import errors
-from steps.serve.app import parse_v2
-from steps.serve.backends import Encoded
-from steps.serve.batching import Batcher, BatchSettings, group_by_length
-from steps.serve.metrics import PROTOCOLS, Metrics
-from steps.serve.model import Artifacts, choose_backend, find_artifacts
-from steps.serve.records import PredictionLog, record
+from sentimentops.steps.register.onnx_export import ExportReport, int8_accepted
+from sentimentops.steps.serve import errors
+from sentimentops.steps.serve.app import parse_v2
+from sentimentops.steps.core.backends import Encoded
+from sentimentops.steps.serve.batching import Batcher, BatchSettings, group_by_length
+from sentimentops.steps.serve.metrics import PROTOCOLS, Metrics
+from sentimentops.steps.serve.model import Artifacts, choose_backend, find_artifacts
+from sentimentops.steps.serve.records import PredictionLog, record
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -427,7 +427,7 @@ def test_wait_when_idle_gathers_even_on_an_idle_batcher():
 def test_model_uri_without_mlflow_is_a_clear_error_not_a_traceback(monkeypatch, capsys, home):
     import sys
 
-    from steps.serve import server
+    from sentimentops.steps.serve import server
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as in the serve image: `import mlflow` fails
     monkeypatch.setitem(sys.modules, "mlflow.exceptions", None)

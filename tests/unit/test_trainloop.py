@@ -1,4 +1,4 @@
-"""The training loop and batch scoring on CPU with a tiny DistilBERT (steps.trainloop)."""
+"""The training loop and batch scoring on CPU with a tiny DistilBERT (sentimentops.steps.train.loop)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from steps.trainloop import (
+from sentimentops.steps.train.loop import (
     CHECKPOINT_NAME,
     MIN_OPTIMIZER_STEPS,
     LoopConfig,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steps.validate import ValidateSettings, ValidationResult, main, validate_dataset
+from sentimentops.steps.validate.cli import ValidateSettings, ValidationResult, main, validate_dataset
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
-from steps.validate import ExpectationOutcome, ValidationResult
-from steps.validate_report import render_html, render_json, render_markdown, write_reports
+from sentimentops.steps.validate.cli import ExpectationOutcome, ValidationResult
+from sentimentops.steps.validate.report import render_html, render_json, render_markdown, write_reports
 
 
 def outcome(name: str, split: str, success: bool, observed, message: str) -> ExpectationOutcome:

@@ -6,10 +6,10 @@ import shutil
 import pandas as pd
 import yaml
 
-from steps.config import load_settings
-from steps.manifest import read_manifest
-from steps.version import VersionSettings, open_workspace, snapshot
-from steps.version import main as version_main
+from sentimentops.steps.core.config import load_settings
+from sentimentops.steps.core.manifests import read_manifest
+from sentimentops.steps.version import VersionSettings, open_workspace, snapshot
+from sentimentops.steps.version import main as version_main
 
 
 def write_dataset(folder, texts):

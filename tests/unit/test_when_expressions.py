@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from workflows.expressions import DEPENDS_IDENTIFIER, ExpressionError, evaluate_when, names, parse
-from workflows.spec import DagTask, depends_on, depends_satisfied
+from sentimentops.workflows.argo.expressions import DEPENDS_IDENTIFIER, ExpressionError, evaluate_when, names, parse
+from sentimentops.workflows.argo.spec import DagTask, depends_on, depends_satisfied
 
 
 @pytest.mark.parametrize(

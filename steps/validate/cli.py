@@ -1,7 +1,7 @@
 """Validate stage: a Great Expectations suite run on every split of the ingested dataset, plus leakage checks.
 
 Pure core: `validate_dataset(frames, settings) -> ValidationResult`. Thin CLI: `sentimentops validate --dataset DIR
---out OUT` writes report.md/.html/.json (steps.validate_report) and manifest.json; exit 0 when every expectation
+--out OUT` writes report.md/.html/.json (sentimentops.steps.validate.report) and manifest.json; exit 0 when every expectation
 passes, 1 when the dataset fails them (reports still written), 2 for unusable input (missing folder, file, column).
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import pandas as pd
 from pydantic import BaseModel, Field, model_validator
 
-from steps.config import CommonSettings, load_settings
-from steps.manifest import reusable, write_manifest
+from sentimentops.steps.core.config import CommonSettings, load_settings
+from sentimentops.steps.core.manifests import reusable, write_manifest
 
 STEP = "validate"
 REPORT_FILES = ("report.md", "report.html", "report.json")
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = validate_dataset(frames, settings)
 
-    from steps.validate_report import write_reports  # rendering lives apart from the computation
+    from sentimentops.steps.validate.report import write_reports  # rendering lives apart from the computation
 
     files = write_reports(result, out)
     metrics: dict[str, float] = {

@@ -1,7 +1,7 @@
 """The promotion policy: a pure function deciding whether a challenger becomes champion, and why.
 
 `champion` moves only when the challenger beats the configured baseline and the current champion by the configured
-margins, on metrics measured on the same held-out test rows (steps.evaluate). Every check is recorded, passed or
+margins, on metrics measured on the same held-out test rows (sentimentops.steps.evaluate). Every check is recorded, passed or
 not, so the decision can be read back from the model registry.
 """
 from __future__ import annotations

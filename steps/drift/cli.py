@@ -2,14 +2,14 @@
 
   watch    tails the predictor's prediction records (JSON lines, no raw text; docs/metrics.md), cuts them into
            tumbling windows of `--window` records, computes the cheap online PSI per feature against the model's
-           reference (steps.psi) and exports it on its own /metrics as `sentiment_drift_psi{feature=...}`; when a
+           reference (sentimentops.steps.core.psi) and exports it on its own /metrics as `sentiment_drift_psi{feature=...}`; when a
            window drifts (PSI > threshold on any feature) for `--persist` windows in a row it POSTs the reason to
            the retraining webhook (Argo Events in the cluster, `drift webhook` locally) once, and re-arms only
            after a clean window.
   report   Evidently's PSI report of the recent records against the reference sample (HTML + JSON), logged to
-           MLflow (steps.drift_report).
+           MLflow (sentimentops.steps.drift.report).
   webhook  a local stand-in for the Argo Events webhook: starts the local runner on the training template with
-           `-p reason=...` (steps.drift_webhook).
+           `-p reason=...` (sentimentops.steps.drift.webhook).
 
 The reference comes with the model: `--reference FILE`, `--model-dir DIR` (a registered pyfunc folder, the cluster's
 /mnt/models: MLmodel names the `drift_reference` artifact) or `--model-uri models:/sentiment@champion`.
@@ -29,8 +29,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from steps.config import CommonSettings, flags, load_settings
-from steps.psi import FEATURES, DriftReference, Features, features_from_predictions, window_psi
+from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.psi import FEATURES, DriftReference, Features, features_from_predictions, window_psi
 
 try:  # 3-5x faster record parsing; the pure-stdlib path gives the same values
     from orjson import loads as _loads
@@ -221,7 +221,7 @@ def load_reference(args: argparse.Namespace, settings: CommonSettings) -> DriftR
         return DriftReference.read(reference_from_pyfunc(args.model_dir))
     import mlflow
 
-    from steps.tracking import configure
+    from sentimentops.steps.core.tracking import configure
 
     configure(settings)
     folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=args.model_uri,
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--no-mlflow", action="store_true", help="write the report without logging it")
     hook = sub.add_parser("webhook", help="local retraining webhook: starts the local runner with -p reason=...")
-    from steps.drift_webhook import add_arguments, serve
+    from sentimentops.steps.drift.webhook import add_arguments, serve
 
     add_arguments(hook)
     args = parser.parse_args(argv)
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(DriftSettings, {k: v for k, v in flags(args).items() if k in keys})
     if args.command == "watch":
         return watch(args, settings)
-    from steps.drift_report import report
+    from sentimentops.steps.drift.report import report
 
     return report(args, settings, load_reference(args, settings))
 

@@ -1,7 +1,7 @@
 """train: fine-tune AutoModelForSequenceClassification on the versioned dataset, tracked in MLflow.
 
 This module is the thin part: settings, base-model resolution (with the offline fallback), tokenization, MLflow
-bookkeeping and saving. The loop itself (batching, precision, checkpoints, DDP, throughput/MFU) is steps.trainloop.
+bookkeeping and saving. The loop itself (batching, precision, checkpoints, DDP, throughput/MFU) is sentimentops.steps.train.loop.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from typing import ClassVar
 import pandas as pd
 from pydantic import Field
 
-from steps.config import CommonSettings, flags, load_settings
-from steps.hub import go_offline, hub_reachable
-from steps.manifest import read_manifest, reusable, write_manifest
-from steps.tracking import mlflow_run
+from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.hub import go_offline, hub_reachable
+from sentimentops.steps.core.manifests import read_manifest, reusable, write_manifest
+from sentimentops.steps.core.tracking import mlflow_run
 
 LABELS = {0: "negative", 1: "positive"}
 
@@ -30,7 +30,7 @@ class TrainSettings(CommonSettings):
     fallback_base_model: str = Field("", description="Offline fallback: a folder or `package:<module>`.")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(0, ge=0, description="Per-process batch size; 0 = chosen by data size and device "
-                            "(steps.trainloop.batch_size_for: large batches on a GPU, 32 on CPU).")
+                            "(sentimentops.steps.train.loop.batch_size_for: large batches on a GPU, 32 on CPU).")
     learning_rate: float = Field(5e-5, gt=0, description="Learning rate at batch size 32 (scaled for larger).")
     max_length: int = Field(512, ge=8, le=512, description="Tokens per review; longer reviews are truncated.")
     seed: int = 42
@@ -78,8 +78,8 @@ def run_training(dataset: Path, version: Path, out: Path, settings: TrainSetting
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from steps.trainloop import LoopConfig, predict_proba
-    from steps.trainloop import train as train_loop
+    from sentimentops.steps.train.loop import LoopConfig, predict_proba
+    from sentimentops.steps.train.loop import train as train_loop
 
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)

@@ -1,5 +1,5 @@
 """register: log the model to MLflow as a pyfunc, register a version with its lineage tags, alias it `challenger`,
-and move `champion` only when the promotion policy (steps.policy) says so, recording why.
+and move `champion` only when the promotion policy (sentimentops.steps.register.promotion) says so, recording why.
 
 Idempotent: a version is found again by its content hash, so a re-run after a crash at any point completes the
 same version instead of registering a second one.
@@ -17,12 +17,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from steps.config import CommonSettings, flags, load_settings
-from steps.manifest import hash_dir, read_manifest, write_manifest
-from steps.policy import Decision, PolicySettings, decide
-from steps.tracking import MODEL_ARTIFACT, MODEL_DIR_KEY, alias_version, configure, mlflow_run
+from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.manifests import hash_dir, read_manifest, write_manifest
+from sentimentops.steps.register.promotion import Decision, PolicySettings, decide
+from sentimentops.steps.core.tracking import MODEL_ARTIFACT, MODEL_DIR_KEY, alias_version, configure, mlflow_run
 
-PYFUNC_CODE = Path(__file__).parent / "serve" / "pyfunc_model.py"
+PYFUNC_CODE = Path(__file__).parent / "pyfunc_model.py"
 # Explicit requirements: MLflow would otherwise infer them (~9 s) and look for torchvision
 # (docs/measurements.md, MLflow).
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "pandas", "mlflow")
@@ -63,9 +63,9 @@ def eval_set_for(model_out: Path, train) -> Path | None:
 
 
 def export_onnx(model_out: Path, train, dest: Path) -> Path | None:
-    """ONNX export + int8 with its accuracy check (steps.onnx_export) into `dest` (a scratch folder: the train
+    """ONNX export + int8 with its accuracy check (sentimentops.steps.register.onnx_export) into `dest` (a scratch folder: the train
     step's output must keep its hash, or the runner would stop reusing it)."""
-    from steps.onnx_export import ExportSettings, export_and_check
+    from sentimentops.steps.register.onnx_export import ExportSettings, export_and_check
 
     settings = load_settings(ExportSettings)
     if not settings.enabled:

@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from workflows.expressions import ExpressionError, evaluate_when
-from workflows.process import run_streaming
-from workflows.spec import (
+from sentimentops.workflows.argo.expressions import ExpressionError, evaluate_when
+from sentimentops.workflows.runner.process import run_streaming
+from sentimentops.workflows.argo.spec import (
     ContainerTemplate,
     DagTask,
     SpecError,

@@ -4,9 +4,9 @@ int8 quantization -> the accuracy check that decides which of the two is served.
 int8 is kept only when its accuracy on the evaluation set is at most `max_drop_points` (default 0.5 percentage
 points) below the fp32 export's; otherwise the fp32 export is kept and the refusal is recorded. The result is one
 folder: `model.onnx` (the accepted precision) + `export.json` (precision, both accuracies, the drop, the bound, the
-evaluation set and its row count). Accuracy is scored through steps.serve.backends, the code the predictor runs.
+evaluation set and its row count). Accuracy is scored through sentimentops.steps.core.backends, the code the predictor runs.
 
-    CLI: python -m steps.onnx_export --model DIR --eval-set test.parquet --out DIR
+    CLI: python -m sentimentops.steps.register.onnx_export --model DIR --eval-set test.parquet --out DIR
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from steps.config import CommonSettings, load_settings
+from sentimentops.steps.core.config import CommonSettings, load_settings
 
 EXPORT_FILE = "model.onnx"
 REPORT_FILE = "export.json"
@@ -112,7 +112,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 def score(onnx_path: Path, model_dir: Path, texts: list[str], max_tokens: int, batch_size: int = 16) -> np.ndarray:
     """P(positive) per text through the serving backend, longest first in batches (little padding)."""
-    from steps.serve.backends import OnnxBackend, TextEncoder
+    from sentimentops.steps.core.backends import OnnxBackend, TextEncoder
 
     encoder = TextEncoder(model_dir, max_tokens)
     backend = OnnxBackend(onnx_path, model_dir, "check")
@@ -180,7 +180,7 @@ def read_report(folder: Path) -> ExportReport | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m steps.onnx_export", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m sentimentops.steps.register.onnx_export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a Hugging Face model folder")
     parser.add_argument("--eval-set", type=Path)

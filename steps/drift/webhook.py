@@ -23,7 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from steps.processes import spawn, stop
+from sentimentops.steps.core.processes import spawn, stop
 
 MAX_REASON = 200  # an Argo parameter and an MLflow tag value: short, one line
 
@@ -60,7 +60,7 @@ class Launcher:
             if self.busy():
                 return None
             run_dir = self.run_root / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}-{len(self.runs) + 1}"
-            argv = [sys.executable, "-m", "steps.cli", "pipeline", "run", "--run-dir", str(run_dir)]
+            argv = [sys.executable, "-m", "sentimentops.steps.cli", "pipeline", "run", "--run-dir", str(run_dir)]
             argv += ["--template", str(self.template)] if self.template else []
             for item in self.params:
                 argv += ["-p", item]

@@ -37,7 +37,7 @@ from hera.events.models.io.k8s.apimachinery.pkg.apis.meta.v1 import ObjectMeta a
 from hera.workflows import CronWorkflow, Parameter, Workflow
 from hera.workflows.models import Metadata, WorkflowTemplateRef
 
-from workflows.training import package_version, template_name
+from sentimentops.workflows.definitions.training import package_version, template_name
 
 NAME = "sentiment-retrain"            # EventSource and Sensor; the Service Argo Events creates: NAME-eventsource-svc
 CRON_NAME = "sentiment-training-cron"

@@ -1,5 +1,5 @@
 """`sentimentops drift report`: Evidently's PSI drift report of recent prediction records against the reference
-sample stored with the model, beside the online PSI of steps.psi; the HTML goes to MLflow.
+sample stored with the model, beside the online PSI of sentimentops.steps.core.psi; the HTML goes to MLflow.
 
 Evidently bins on its own (from the reference sample), so its PSI differs a little from the online one; both are
 written to `drift.json` so the two can be compared. The Evidently API changed at 0.7 (docs/measurements.md):
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from steps.psi import FEATURES, DriftReference, Features, window_psi
+from sentimentops.steps.core.psi import FEATURES, DriftReference, Features, window_psi
 
 NUMERIC = ["input_tokens", "confidence", "content"]
 
@@ -47,7 +47,7 @@ def evidently_psi(reference: pd.DataFrame, current: pd.DataFrame, threshold: flo
 
 
 def report(args: argparse.Namespace, settings, reference: DriftReference) -> int:
-    from steps.drift import read_records
+    from sentimentops.steps.drift.cli import read_records
 
     paths = [args.records] + sorted(args.records.parent.glob(args.records.name + ".*"))  # rotated parts too
     features, versions = read_records([p for p in paths if p.is_file()], last=args.last or None)
@@ -76,7 +76,7 @@ def log_to_mlflow(settings, out: Path, summary: dict) -> str:
     """One run per report in the `<experiment>-drift` experiment, tagged with the served model version(s)."""
     import mlflow
 
-    from steps.tracking import mlflow_run
+    from sentimentops.steps.core.tracking import mlflow_run
 
     drift_settings = settings.model_copy(update={"experiment": f"{settings.experiment}-drift"})
     tags = {"model_version": ",".join(summary["model_versions"]), "drifted": ",".join(summary["drifted"])}

@@ -1,7 +1,7 @@
 """Tokenizer and model backends of the predictor: ONNX Runtime (the CPU fast path, int8 or fp32) and torch (GPU).
 
 Only numpy, tokenizers and onnxruntime are imported at module level: the serve image has no torch, so torch and
-transformers are imported inside TorchBackend alone. steps.onnx_export scores its accuracy check through these same
+transformers are imported inside TorchBackend alone. sentimentops.steps.register.onnx_export scores its accuracy check through these same
 classes, so the accuracy bound is measured on exactly what is served.
 """
 from __future__ import annotations

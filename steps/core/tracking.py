@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from steps.config import CommonSettings
-from steps.manifest import git_sha
+from sentimentops.steps.core.config import CommonSettings
+from sentimentops.steps.core.manifests import git_sha
 
 RUN_ID_FILE = ".mlflow_run_id"  # lets a resumed step continue its own MLflow run instead of starting another
 

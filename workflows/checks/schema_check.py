@@ -21,7 +21,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from workflows.semantic_check import semantic_errors
+from sentimentops.workflows.checks.semantic_check import semantic_errors
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 2-3 MB: the C loader is ~10x faster
 
@@ -30,7 +30,7 @@ def schemas_dir() -> Path:
     """The schemas committed beside this module (workflows/schemas: pinned upstream files, see its README.md);
     $SENTIMENTOPS_SCHEMAS_DIR, when set, is an optional override (e.g. to try newer upstream schemas)."""
     env = os.environ.get("SENTIMENTOPS_SCHEMAS_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parent / "schemas"
+    path = Path(env) if env else Path(__file__).resolve().parents[1] / "schemas"
     if not path.is_dir():
         raise FileNotFoundError(f"schemas not found at {path}"
                                 + ("; unset SENTIMENTOPS_SCHEMAS_DIR" if env else "; run `make schemas`"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from workflows.expressions import DEPENDS_IDENTIFIER, evaluate_node, parse
+from sentimentops.workflows.argo.expressions import DEPENDS_IDENTIFIER, evaluate_node, parse
 
 _VARIABLE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _UNSUPPORTED_TASK_FIELDS = ("withItems", "withParam", "withSequence", "continueOn", "templateRef", "hooks",

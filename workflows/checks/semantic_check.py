@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from workflows.expressions import DEPENDS_IDENTIFIER, ExpressionError, names, parse
+from sentimentops.workflows.argo.expressions import DEPENDS_IDENTIFIER, ExpressionError, names, parse
 
 _VAR = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _LEAF_KINDS = ("container", "script", "resource", "containerSet", "http", "plugin", "data")

@@ -1,7 +1,7 @@
 """The training DAG, defined once in Hera: ingest -> validate -> version -> train -> evaluate -> register.
 
-This is the only definition of the pipeline. `workflows.render` writes it to `workflows/rendered/` (committed,
-golden-tested, schema-checked); Argo runs that YAML in the cluster and `workflows.local_runner` interprets the
+This is the only definition of the pipeline. `sentimentops.workflows.render` writes it to `workflows/rendered/` (committed,
+golden-tested, schema-checked); Argo runs that YAML in the cluster and `sentimentops.workflows.runner.local_runner` interprets the
 same YAML on a laptop. The stages are known here only by their CLI (docs/stages.md), never imported.
 
 Images: one per stage, `{{workflow.parameters.image-registry}}/sentimentops-<stage>:{{workflow.parameters.image-tag}}`
@@ -141,7 +141,7 @@ def workflow_params(pkg_version: str) -> list[WorkflowParam]:
 
 def rollout_workflow_params() -> list[WorkflowParam]:
     """The rollout template's parameters, as `rollout-<name>` here (the candidate is always `challenger`)."""
-    from workflows import rollout
+    from sentimentops.workflows.definitions import rollout
 
     return [WorkflowParam(f"rollout-{p.name}", p.default, p.description, p.enum)
             for p in rollout.rollout_params() if p.name != "model"]
@@ -227,7 +227,7 @@ def stage_container(stage: Stage) -> Container:
 def add_rollout(register) -> None:
     """deploy-canary -> analyse -> promote | rollback after `register`, only when the policy passed and the
     `rollout` parameter asks for it (the same task builders as the sentiment-rollout template)."""
-    from workflows import rollout
+    from sentimentops.workflows.definitions import rollout
 
     def source(param: str) -> str:
         return "challenger" if param == "model" else f"{{{{workflow.parameters.rollout-{param}}}}}"

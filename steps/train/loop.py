@@ -4,7 +4,7 @@ What makes it fast on a GPU, with the measurement behind each choice (docs/measu
 DistilBERT-base, IMDB train lengths; the guide recipe is 604 samples/s):
 - bf16 autocast: no GradScaler, no loss-scale sync; fp16 is kept for GPUs without bf16.
 - SDPA attention, its kernel picked by timing the candidates on this model and batch (`choose_sdpa_backend`).
-- length-bucketed batches (steps.batching): 1923 samples/s at batch 64 against 319 with exact lengths.
+- length-bucketed batches (sentimentops.steps.core.buckets): 1923 samples/s at batch 64 against 319 with exact lengths.
 - large batches, the learning rate scaled from `reference_batch_size` by the square-root rule for Adam
   (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms"), linear warm-up.
 - fused AdamW, batches prebuilt in pinned memory, non-blocking copies, the loss summed on the device and read
@@ -31,8 +31,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from steps.batching import Batch, collate, plan_batches, plan_inference, shard_batch
-from steps.perf import FlopModel, ThroughputMeter, known_peak_flops
+from sentimentops.steps.core.buckets import Batch, collate, plan_batches, plan_inference, shard_batch
+from sentimentops.steps.train.perf import FlopModel, ThroughputMeter, known_peak_flops
 
 try:  # optional: the progress bar is a nicety, not a dependency
     from tqdm.auto import tqdm
@@ -73,7 +73,7 @@ class LoopConfig:
     # cost no mid-run re-plans; on an H100 at batch 256 multiple 32 ran 3486 against 3371 samples/s (dynamic)
     # and 3625 against 3512 (static): 5.6% padding instead of 10.5% (benchmarks/results/train_gpu_run3.json)
     compiled_length_multiple: int = 32
-    peak_flops: float | None = None  # per-device bf16 peak for MFU; None = steps.perf.known_peak_flops
+    peak_flops: float | None = None  # per-device bf16 peak for MFU; None = sentimentops.steps.train.perf.known_peak_flops
 
 
 @dataclass
@@ -609,7 +609,7 @@ def predict_proba(model, input_ids: list[list[int]], *, pad_id: int, batch_size:
                   sdpa_backend: str = "default", compile: str = "auto") -> np.ndarray:
     """Batch scoring: inference_mode, length-sorted batches, bf16 on GPU; returns P(label==1) in the ORIGINAL
     order. Probabilities stay on the device until the end (no per-batch sync); max_tokens optionally lets
-    batches of short reviews grow (see steps.batching.plan_inference; on an H100 it was slower: 5053 against
+    batches of short reviews grow (see sentimentops.steps.core.buckets.plan_inference; on an H100 it was slower: 5053 against
     8691 reviews/s, since every batch then has a new shape). sdpa_backend pins the attention kernel on CUDA.
     compile (CUDA only; auto | off | dynamic | static) compiles the model's transformer blocks in place (they
     stay compiled; see compile_blocks): the first call per shape pays the compilation, so score a warm-up set of
