@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast test-stress stress-tools install render lint clean prometheus-tools
+.PHONY: run test test-fast test-stress stress-tools install render lint clean prometheus-tools typecheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ run: install
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
 
 ## make test: the whole suite (unit, contract, integration with real servers), offline and deterministic.
-test: install tool-venvs prometheus-tools
+test: install tool-venvs prometheus-tools typecheck
 	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## make typecheck: mypy over the core, the promotion and rollout policies and the predictor ([tool.mypy]).
+typecheck: install
+	$(BIN)/mypy
 
 ## make test-fast: unit and contract tests only (no servers, no training: the tests marked slow are left out).
 test-fast: install tool-venvs prometheus-tools

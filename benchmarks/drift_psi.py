@@ -29,8 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 
-from sentimentops.steps.drift.cli import DriftMonitor, parse_records, read_records
-from sentimentops.steps.core.psi import DriftReference, continuation_share, window_psi
+from sentimentops.steps.core.contract import class_ids_of
+from sentimentops.steps.core.psi import DriftReference, window_psi
+from sentimentops.steps.drift.cli import DriftMonitor
+from sentimentops.steps.drift.records import parse_records, read_records
 from sentimentops.steps.serve.records import record
 
 
@@ -54,19 +56,14 @@ def tiny_model(folder: Path, epochs: int) -> Path:
 
 
 def records_for(model_dir: Path, texts: list[str], version: str = "1") -> list[str]:
-    """The predictor's prediction records (docs/metrics.md) for these texts: no raw text."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """The predictor's prediction records (docs/metrics.md) for these texts: no raw text. Tokenized by the
+    predictor's TextEncoder at contract.MAX_TOKENS, scored like evaluate."""
+    from sentimentops.steps.evaluate import EvaluateSettings, encode, score
 
-    from sentimentops.steps.train.loop import predict_proba
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    ids = tokenizer(texts, truncation=True, max_length=512)["input_ids"]
-    probs = predict_proba(model, ids, pad_id=tokenizer.pad_token_id, batch_size=64, precision="fp32")
-    special = set(tokenizer.all_special_tokens)
-    return [json.dumps(record(version, len(row), len(row) >= 512, p,
-                              continuation_share(tokenizer.convert_ids_to_tokens(row), special), ts=0.0))
-            for row, p in zip(ids, probs, strict=True)]
+    encoded = encode(model_dir, texts)
+    probs = score(model_dir, encoded, EvaluateSettings(batch_size=64, precision="fp32"))
+    return [json.dumps(record(version, e.length, e.truncated, p, e.content, ts=0.0))
+            for e, p in zip(encoded, probs, strict=True)]
 
 
 def run_windows(reference: DriftReference, lines: list[str], window: int, persist: int) -> dict:
@@ -148,7 +145,7 @@ def main() -> None:
         ref_lines = records_for(model_dir, ref_rows["text"].tolist())
         ref_features, _ = parse_records(ref_lines)
         probs = np.array([json.loads(line)["probability"] for line in ref_lines])
-        accuracy = float(np.mean((probs >= 0.5) == ref_rows["label"].to_numpy().astype(bool)))
+        accuracy = float(np.mean(class_ids_of(probs) == ref_rows["label"].to_numpy().astype(int)))
         write_drift_reference(Path(model_dir), ref_rows["text"].tolist(), probs, Path(tmp))
         reference = DriftReference.read(Path(tmp) / "drift_reference.json")
         timings["reference_s"] = time.perf_counter() - start

@@ -3,10 +3,15 @@
 Two modes:
   python benchmarks/train_gpu.py --prepare            (here, on CPU) writes the carry folder .device/:
       IMDB train/test token lengths, a tokenized quality subset, all-MiniLM-L6-v2 weights in bf16
-  PYTHONPATH=. python benchmarks/train_gpu.py --out results.json   (on the GPU machine; --quick on a CPU)
+  python benchmarks/train_gpu.py --out results.json   (on the GPU machine; --quick on a CPU)
       (a) measures the bf16 matmul peak, (b) times training variants, (c) times batch scoring of the 25k test
       reviews, (d) fine-tunes the pretrained MiniLM with the guide recipe and the fast recipe and compares
       validation accuracy; prints a table and writes JSON after every section (a timeout keeps what is done).
+
+It imports the project as `sentimentops.steps...` (the loop in sentimentops.steps.train, kernels and scoring in
+sentimentops.steps.core), a namespace the package's installation maps onto steps/: the repository on sys.path is
+not enough. On a machine without the project installed run `pip install --no-deps -e .` first (torch, numpy and
+transformers must be there already; --no-deps installs nothing else).
 
 Throughput runs use DistilBERT-base shapes (DistilBertConfig() defaults, random init) on the REAL token lengths
 with random token ids: speed depends on lengths, not on which tokens. To fit the device budget the training
@@ -33,8 +38,9 @@ sys.path.insert(0, str(REPO))
 import itertools
 
 from sentimentops.steps.core.buckets import collate
+from sentimentops.steps.core.scoring import predict_proba
+from sentimentops.steps.train.loop import LoopConfig, train
 from sentimentops.steps.train.perf import FlopModel, measure_matmul_peak
-from sentimentops.steps.train.loop import LoopConfig, predict_proba, train
 
 EPOCH = 25_000  # IMDB train reviews
 
@@ -216,7 +222,7 @@ def quality(pack: dict, device, quick: bool, peak, guide_epochs: float) -> dict:
                     "val_accuracy": float(((p > 0.5) == va_y).mean())}
     # runs 1-2: batch 128 (sqrt rule) ended under-trained (156 steps, final loss 0.21 against 0.03: -0.64 and
     # -0.42 points), batch 64 matched. The headline "fast" is now what the loop picks for this data size
-    # (batch_size=0: sentimentops.steps.train.loop.batch_size_for, 64 here); batch 128 stays as the reference.
+    # (batch_size=0: sentimentops.steps.train.optim.batch_size_for, 64 here); batch 128 stays as the reference.
     for name, bs, rule in (("fast", 0, "sqrt"), ("fast_bs128", 128, "sqrt")):
         model = fresh("sdpa")
         t0 = time.perf_counter()

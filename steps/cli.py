@@ -1,11 +1,15 @@
 """`sentimentops <command> ...`: one console script; each stage module owns its flags (`main(argv) -> int`).
 
-Modules are imported lazily so a stage image only needs its own extra installed.
+Modules are imported lazily so a stage image only needs its own extra installed. The exit status follows the one
+table in sentimentops.steps.core.errors (an unknown command is a usage error: 2).
 """
 from __future__ import annotations
 
 import importlib
 import sys
+
+from sentimentops.steps.core.errors import UsageError, run_stage
+from sentimentops.steps.core.logs import emit
 
 STAGES = {
     "ingest": "sentimentops.steps.ingest",
@@ -33,11 +37,12 @@ workflows:  render [--check] (write the Argo YAML), pipeline run ... (run the re
 Run `sentimentops <command> --help` for a command's flags."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
-        print(USAGE)
-        return 0 if argv else 2
+        emit(USAGE, stream=None if argv else sys.stderr)
+        if not argv:
+            raise UsageError("no command given")
+        return 0
     command, rest = argv[0], argv[1:]
     if command in STAGES:
         return int(importlib.import_module(STAGES[command]).main(rest) or 0)
@@ -46,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
 
         # `pipeline run ...` -> `run ...`; `render ...` stays as is.
         return int(workflows_main(rest if command == "pipeline" else argv) or 0)
-    print(f"sentimentops: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    emit(USAGE, stream=sys.stderr)
+    raise UsageError(f"unknown command {command!r} (commands: {', '.join([*STAGES, *sorted(WORKFLOW_COMMANDS)])})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_stage("sentimentops", lambda: _dispatch(argv))
 
 
 if __name__ == "__main__":

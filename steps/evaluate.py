@@ -2,13 +2,17 @@
 on the same rows, the current champion; logged to the training run in MLflow.
 
 Scoring the champion on the same test rows makes the promotion gate compare like with like (a stored accuracy from
-another test sample would not).
+another test sample would not). Both are scored the way the predictor serves: tokenized by its TextEncoder
+(tokenizer.json) and truncated at contract.MAX_TOKENS, so the accuracy that is gated, tagged and printed is the one
+users get (issue 11, item 7: scoring at the training length, 128 in the local demo, overstated or understated it), and
+the drift reference counts tokens and `content` with the very code the predictor records them with.
+
+Reuse is the local runner's decision (workflows/runner), not this step's.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,17 +22,21 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, flags, load_settings
-from sentimentops.steps.core.manifests import read_manifest, reusable, write_manifest
+from sentimentops.steps.core.backends import Encoded, TextEncoder
+from sentimentops.steps.core.config import CommonSettings, parse_settings
+from sentimentops.steps.core.contract import DRIFT_REFERENCE_FILE, LABELS, MAX_TOKENS, THRESHOLD, class_ids_of
+from sentimentops.steps.core.errors import DataError, stage_main
+from sentimentops.steps.core.logs import emit, get_logger
+from sentimentops.steps.core.manifests import TrainManifest, read_manifest, write_manifest
+from sentimentops.steps.core.psi import Features, build_reference, features_from_predictions
 from sentimentops.steps.core.tracking import alias_version, download_model_dir, mlflow_run
 
-SERVING_MAX_TOKENS = 512  # the predictor truncates at 512 (steps/serve): the reference must count tokens the same way
+log = get_logger(__name__)
 
 
 class EvaluateSettings(CommonSettings):
     section: ClassVar[str] = "evaluate"
     batch_size: int = Field(64, ge=1)
-    max_length: int = Field(0, ge=0, le=512, description="Tokens per review; 0 = the length the model was trained with.")
     precision: str = Field("auto", pattern="^(auto|bf16|fp16|fp32)$")
     num_threads: int = Field(0, ge=0)
     compare_champion: bool = Field(True, description="Also score the current champion on the same test rows.")
@@ -43,11 +51,11 @@ class Metrics:
     confusion: list[list[int]]  # [[tn, fp], [fn, tp]]
 
 
-def compute_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> Metrics:
-    """The pure core: metrics from labels and P(positive)."""
+def compute_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = THRESHOLD) -> Metrics:
+    """The pure core: metrics from labels and P(positive), decided by the contract's rule (or another threshold)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
-    preds = (probs >= threshold).astype(int)
+    preds = class_ids_of(probs) if threshold == THRESHOLD else (np.asarray(probs) >= threshold).astype(int)
     # ROC-AUC is undefined with one class present; report 0.5 (chance) rather than failing the step.
     auc = float(roc_auc_score(labels, probs)) if len(set(labels.tolist())) == 2 else 0.5
     return Metrics(accuracy=float(accuracy_score(labels, preds)), f1=float(f1_score(labels, preds, zero_division=0)),
@@ -67,8 +75,8 @@ def plot_confusion(metrics: Metrics, path: Path, title: str) -> None:
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center",
                 color="white" if value > matrix.max() / 2 else "black", fontsize=13)
-    ax.set_xticks([0, 1], ["negative", "positive"])
-    ax.set_yticks([0, 1], ["negative", "positive"])
+    ax.set_xticks([0, 1], list(LABELS))
+    ax.set_yticks([0, 1], list(LABELS))
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(f"{title}\naccuracy {metrics.accuracy:.3f}  F1 {metrics.f1:.3f}  n={metrics.rows}", fontsize=9)
@@ -77,34 +85,39 @@ def plot_confusion(metrics: Metrics, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def score(model_dir: Path, texts: list[str], settings: EvaluateSettings) -> np.ndarray:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def encode(model_dir: Path, texts: list[str]) -> list[Encoded]:
+    """The texts as the predictor tokenizes them: its TextEncoder, truncated at contract.MAX_TOKENS."""
+    return TextEncoder(model_dir, MAX_TOKENS).encode(texts)
 
-    from sentimentops.steps.train.loop import predict_proba
+
+def score(model_dir: Path, encoded: list[Encoded], settings: EvaluateSettings) -> np.ndarray:
+    """P(positive) per instance, on the serving tokens (transformers + torch: the GPU path of the predictor)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from sentimentops.steps.core.scoring import predict_proba
 
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    ids = tokenizer(texts, truncation=True, max_length=settings.max_length)["input_ids"]
-    return predict_proba(model, ids, pad_id=tokenizer.pad_token_id, batch_size=settings.batch_size,
-                         precision=settings.precision)
+    pad_id = TextEncoder(model_dir, MAX_TOKENS).pad_id
+    return predict_proba(model, [e.ids for e in encoded], pad_id=pad_id, batch_size=settings.batch_size,
+                         precision=settings.precision, max_length=MAX_TOKENS)
 
 
-def write_drift_reference(model_dir: Path, texts: list[str], probs: np.ndarray, out: Path) -> Path:
+def drift_features(encoded: list[Encoded], probs: np.ndarray) -> Features:
+    """Per-instance drift features exactly as the predictor records them (steps/serve/records.py): token count and
+    `content` from the same Encoded, P(positive) rounded like the records (tests/unit/test_contract.py)."""
+    return features_from_predictions([e.length for e in encoded], probs, [e.content for e in encoded])
+
+
+def write_drift_reference(model_dir: Path, texts: list[str], probs: np.ndarray, out: Path,
+                          encoded: list[Encoded] | None = None) -> Path:
     """The drift monitor's reference (docs/metrics.md): the challenger's features on the held-out test split, tokenized
-    the way the predictor serves (truncated at 512 tokens), binned by sentimentops.steps.core.psi; register stores it with the model."""
-    from transformers import AutoTokenizer
-
-    from sentimentops.steps.core.psi import build_reference, continuation_share, features_from_predictions
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = tokenizer(texts, truncation=True, max_length=SERVING_MAX_TOKENS)["input_ids"]
-    special = set(tokenizer.all_special_tokens)
-    content = [continuation_share(tokenizer.convert_ids_to_tokens(row), special) for row in ids]
-    features = features_from_predictions([len(row) for row in ids], probs, content)
-    path = out / "drift_reference.json"
+    the way the predictor serves (`encoded`, when the caller has it already), binned by sentimentops.steps.core.psi;
+    register stores it with the model."""
+    features = drift_features(encoded if encoded is not None else encode(model_dir, texts), probs)
+    path = out / DRIFT_REFERENCE_FILE
     build_reference(features, source=f"evaluate: held-out test split, {len(texts)} rows").write(path)
     return path
 
@@ -115,34 +128,31 @@ def champion_metrics(settings: EvaluateSettings, test: pd.DataFrame) -> tuple[Me
         return None, None
     with tempfile.TemporaryDirectory() as tmp:
         folder = download_model_dir(settings, f"models:/{settings.registered_model}/{version.version}", Path(tmp))
-        probs = score(folder, test["text"].tolist(), settings)
+        probs = score(folder, encode(folder, test["text"].tolist()), settings)
     return compute_metrics(test["label"].to_numpy(), probs), str(version.version)
 
 
+@stage_main("evaluate")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sentimentops evaluate", description=__doc__)
-    parser.add_argument("--dataset", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True, help="the train step's output folder")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings(EvaluateSettings, flags(args))
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--dataset", type=Path, required=True)
+        parser.add_argument("--model", type=Path, required=True, help="the train step's output folder")
+        parser.add_argument("--out", type=Path, required=True)
+
+    settings, args = parse_settings(EvaluateSettings, argv, prog="sentimentops evaluate", description=__doc__,
+                                    add_arguments=add_arguments)
     inputs = {"dataset": args.dataset, "model": args.model}
-    if (reusable(args.out, "evaluate", inputs, {}) and (args.out / "metrics.json").is_file()
-            and (args.out / "drift_reference.json").is_file()):
-        print(f"evaluate: reusing {args.out} (same dataset and model)")
-        return 0
-    try:
-        run_id = read_manifest(args.model).refs["mlflow_run_id"]
-        test = pd.read_parquet(args.dataset / "test.parquet")
-    except (FileNotFoundError, KeyError) as err:
-        print(f"evaluate: {err}", file=sys.stderr)
-        return 2
-    if not settings.max_length:
-        settings.max_length = int(read_manifest(args.model).params.get("max_length", 512))
+    run_id = read_manifest(args.model, TrainManifest).refs.mlflow_run_id  # DataError (exit 1) if not a train output
+    if not (args.dataset / "test.parquet").is_file():
+        raise DataError(f"{args.dataset}: no test.parquet (expected the dataset folder with its held-out split)")
+    test = pd.read_parquet(args.dataset / "test.parquet")
     args.out.mkdir(parents=True, exist_ok=True)
-    challenger_probs = score(args.model / "model", test["text"].tolist(), settings)
+    texts = test["text"].tolist()
+    log.info("evaluate: scoring %d held-out reviews at %d tokens, as the predictor serves them", len(texts), MAX_TOKENS)
+    encoded = encode(args.model / "model", texts)
+    challenger_probs = score(args.model / "model", encoded, settings)
     challenger = compute_metrics(test["label"].to_numpy(), challenger_probs)
-    drift_reference = write_drift_reference(args.model / "model", test["text"].tolist(), challenger_probs, args.out)
+    drift_reference = write_drift_reference(args.model / "model", texts, challenger_probs, args.out, encoded)
     champion, champion_version = champion_metrics(settings, test)
     report = {"challenger": asdict(challenger), "champion": asdict(champion) if champion else None,
               "champion_version": champion_version}
@@ -158,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_artifact(str(args.out / "confusion_matrix.png"), "evaluation")
         mlflow.log_artifact(str(args.out / "metrics.json"), "evaluation")
         mlflow.log_artifact(str(drift_reference), "evaluation")
-    print("evaluate: " + "  ".join(f"{k} {v:.4f}" for k, v in summary.items()), flush=True)
+    emit(f"evaluate (at {MAX_TOKENS} tokens, as served): " + "  ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     write_manifest(args.out, "evaluate", inputs=inputs, outputs={"metrics": "metrics.json",
-                   "confusion_matrix": "confusion_matrix.png", "drift_reference": "drift_reference.json"}, metrics=summary,
+                   "confusion_matrix": "confusion_matrix.png", "drift_reference": DRIFT_REFERENCE_FILE},
+                   params={"max_tokens": MAX_TOKENS}, metrics=summary,
                    refs={"mlflow_run_id": run_id, "champion_version": champion_version})
     return 0

@@ -5,7 +5,6 @@ The validation split is carved from train so that nothing is ever selected on te
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,9 +13,13 @@ from typing import ClassVar
 import pandas as pd
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.config import CommonSettings, parse_settings
+from sentimentops.steps.core.errors import DataError, stage_main
 from sentimentops.steps.core.hub import go_offline, hub_reachable
+from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.manifests import write_manifest
+
+log = get_logger(__name__)
 
 READERS = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True),
            ".json": pd.read_json}
@@ -35,8 +38,8 @@ class IngestSettings(CommonSettings):
     fallback_sources: list[str] = Field(default_factory=list, description="Tried in order when the hub is down.")
 
 
-class SourceError(ValueError):
-    """The source cannot be read (missing, unknown format, no text/label columns)."""
+class SourceError(DataError):
+    """The source cannot be read (missing, unknown format, no text/label columns): exit 1, never retried."""
 
 
 @dataclass
@@ -53,7 +56,10 @@ def read_table(path: Path) -> pd.DataFrame:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise SourceError(f"{path}: unsupported format (use {', '.join(READERS)})")
-    frame = reader(path)
+    try:
+        frame = reader(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid and pandas' parser errors are ValueErrors
+        raise SourceError(f"{path}: not a readable {path.suffix} file: {err}") from err
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise SourceError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
@@ -75,7 +81,7 @@ def read_local(path: Path) -> dict[str, pd.DataFrame]:
 
 
 def read_demo() -> dict[str, pd.DataFrame]:
-    with resources.as_file(resources.files("steps") / "demo" / "reviews.jsonl") as path:
+    with resources.as_file(resources.files("sentimentops.steps") / "demo" / "reviews.jsonl") as path:
         return {"all": read_table(path)}
 
 
@@ -105,7 +111,7 @@ def resolve_source(settings: IngestSettings) -> tuple[dict[str, pd.DataFrame], s
                 tables, used = read_local(Path(fallback)), str(Path(fallback).resolve())
             else:
                 continue
-            print(f"offline: the Hugging Face hub is unreachable; reading {used} instead of hf:{dataset}", flush=True)
+            log.warning("offline: the Hugging Face hub is unreachable; reading %s instead of hf:%s", used, dataset)
             return tables, used, True
         raise SourceError(f"the hub is unreachable and no fallback exists (tried {settings.fallback_sources})")
     return read_local(Path(source)), str(Path(source).resolve()), False
@@ -143,26 +149,20 @@ def make_splits(raw: dict[str, pd.DataFrame], settings: IngestSettings) -> Split
     return Splits(train=train, validation=validation, test=test)
 
 
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="Output folder: <split>.parquet and manifest.json.")
+
+
+@stage_main("ingest")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sentimentops ingest", description=__doc__)
-    parser.add_argument("--source", help="hf:<id>, a file or folder, demo, or auto")
-    parser.add_argument("--sample-size", type=int)
-    parser.add_argument("--test-size", type=int)
-    parser.add_argument("--val-fraction", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings(IngestSettings, flags(args, "source", "sample_size", "test_size", "val_fraction", "seed"))
-    try:
-        raw, used, fallback = resolve_source(settings)
-    except SourceError as err:
-        print(f"ingest: {err}", file=sys.stderr)
-        return 2
+    settings, args = parse_settings(IngestSettings, argv, prog="sentimentops ingest", description=__doc__,
+                                    add_arguments=_arguments)
+    raw, used, fallback = resolve_source(settings)
     splits = make_splits(raw, settings)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, frame in splits.items():
         frame.to_parquet(args.out / f"{name}.parquet", index=False)
-        print(f"ingest: {name}: {len(frame)} rows", flush=True)
+        log.info("ingest: %s: %d rows", name, len(frame))
     write_manifest(
         args.out, "ingest",
         outputs={name: f"{name}.parquet" for name, _ in splits.items()},

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 from pathlib import Path
 
-from sentimentops.steps.core.config import CommonSettings, load_settings
-from sentimentops.steps.core.processes import spawn, stop
 from sentimentops.steps.core.client import predict, sentimentops, wait_ready
+from sentimentops.steps.core.config import CommonSettings, load_settings
+from sentimentops.steps.core.errors import StageError, UsageError, stage_main
+from sentimentops.steps.core.logs import emit, get_logger
+from sentimentops.steps.core.processes import spawn, stop
+
+log = get_logger(__name__)
 
 # Sized for minutes on a 2-core laptop CPU: 1,800 training reviews at 128 tokens is about 115 steps of 16. On
 # 1,080 reviews the offline encoder (all-MiniLM-L6-v2) reached only 71.8% test accuracy (measured here), under the
@@ -56,44 +59,55 @@ def served_alias(settings: CommonSettings) -> str:
         return "champion"
     challenger = alias_version(settings, "challenger")
     reasons = challenger.tags.get("promotion.reasons", "") if challenger is not None else ""
-    print(f"quickstart: no champion yet ({reasons}); serving the challenger instead")
+    log.warning("quickstart: no champion yet (%s); serving the challenger instead", reasons)
     return "challenger"
 
 
 def serve_and_predict(settings: CommonSettings, port: int, reviews: list[str], timeout_s: float) -> int:
     log_path = settings.home / "quickstart-serve.log"
     uri = f"models:/{settings.registered_model}@{served_alias(settings)}"
-    with log_path.open("w") as log:
+    with log_path.open("w") as server_log:
         server = spawn([sentimentops(), "serve", "--model-uri", uri, "--port", str(port)],
-                       stdout=log, stderr=subprocess.STDOUT)
+                       stdout=server_log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
         if not wait_ready(base, "sentiment", timeout_s) or server.poll() is not None:
-            print(f"quickstart: the server did not become ready; see {log_path}", file=sys.stderr)
-            return 1
-        print(f"quickstart: serving {uri} on {base}")
+            raise StageError(f"the server did not become ready; see {log_path}")
+        # The command's result, on stdout: what was served and its answers (logs go to stderr).
+        emit(f"quickstart: serving {uri} on {base}")
         for text, pred in zip(reviews, predict(base, "sentiment", reviews), strict=True):
-            print(f"  {pred['label']:>8}  p(positive)={pred['probability']:.3f}  "
-                  f"{pred['model_name']} version {pred['model_version']}  | {text}")
+            emit(f"  {pred['label']:>8}  p(positive)={pred['probability']:.3f}  "
+                 f"{pred['model_name']} version {pred['model_version']}  | {text}")
         return 0
     finally:
         stop(server, grace_s=30)
-        print("quickstart: server stopped")
+        emit("quickstart: server stopped")
 
 
+def _override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"-p expects KEY=VALUE, got {text!r}")
+    return key, value
+
+
+@stage_main("quickstart")
 def main(argv: list[str] | None = None) -> int:
+    # Not a stage: no settings section of its own. It always runs the `local` profile (the demo's), whatever
+    # SENTIMENTOPS_PROFILE says; SENTIMENTOPS_HOME still chooses the state folder.
     parser = argparse.ArgumentParser(prog="sentimentops quickstart", description=__doc__)
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
                         help="override a workflow parameter of the demo run")
     parser.add_argument("--run-dir", type=Path, help="default: <home>/runs/quickstart (re-runs reuse its steps)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--ready-timeout", type=float, default=120.0)
+    parser.add_argument("--port", type=int, default=8080, help="port of the local predictor (default: 8080)")
+    parser.add_argument("--ready-timeout", type=float, default=120.0,
+                        help="seconds to wait for the predictor to become ready (default: 120)")
     args = parser.parse_args(argv)
     settings = load_settings(CommonSettings, {"profile": "local"})
     parameters = dict(DEMO_PARAMETERS)
-    parameters.update(dict(kv.split("=", 1) for kv in args.parameter))
+    parameters.update(_override(kv) for kv in args.parameter)
     run_dir = args.run_dir or settings.home / "runs" / "quickstart"
     if (code := run_pipeline(run_dir, parameters)) != 0:
-        print(f"quickstart: the pipeline failed (exit {code}); logs under {run_dir}", file=sys.stderr)
+        log.error("quickstart: the pipeline failed (exit %d); logs under %s", code, run_dir)
         return code
     return serve_and_predict(settings, args.port, REVIEWS, args.ready_timeout)

@@ -9,17 +9,19 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import ClassVar
 
 import yaml
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.config import CommonSettings, parse_settings
+from sentimentops.steps.core.errors import DataError, stage_main
+from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.manifests import write_manifest
 
 TRACKED = "dataset"  # the folder name inside the DVC workspace
+log = get_logger(__name__)
 
 
 class VersionSettings(CommonSettings):
@@ -59,20 +61,24 @@ def snapshot(dataset: Path, settings: VersionSettings) -> dict[str, str]:
             "dvc_pushed": str(pushed)}
 
 
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=Path, required=True, help="Ingest output folder (<split>.parquet).")
+    parser.add_argument("--out", type=Path, required=True, help="Output folder: dataset.dvc and manifest.json.")
+
+
+@stage_main("version")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sentimentops version", description=__doc__)
-    parser.add_argument("--dataset", type=Path, required=True)
-    parser.add_argument("--remote", help="override the profile's DVC remote")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings(VersionSettings, flags(args, "remote"))
+    settings, args = parse_settings(VersionSettings, argv, prog="sentimentops version", description=__doc__,
+                                    add_arguments=_arguments)
+    if not args.dataset.is_dir():
+        raise DataError(f"dataset folder {args.dataset} does not exist")
     if not any(args.dataset.glob("*.parquet")):
-        print(f"version: {args.dataset} holds no parquet files", file=sys.stderr)
-        return 2
+        raise DataError(f"{args.dataset} holds no parquet files")
     refs = snapshot(args.dataset, settings)
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(settings.workspace / f"{TRACKED}.dvc", args.out / "dataset.dvc")
-    print(f"version: dataset {refs['dvc_md5']} ({refs['dvc_pushed']} new objects pushed to {settings.remote})")
+    log.info("version: dataset %s (%s new objects pushed to %s)", refs["dvc_md5"], refs["dvc_pushed"],
+             settings.remote)
     write_manifest(args.out, "version", inputs={"dataset": args.dataset}, outputs={"pointer": "dataset.dvc"},
                    params={"remote": settings.remote}, metrics={"pushed_objects": float(refs["dvc_pushed"])},
                    refs=refs)

@@ -139,7 +139,7 @@ resource "google_container_node_pool" "cpu" {
 }
 
 # GPU pool: only the train step lands here (nodeSelector cloud.google.com/gke-nodepool=gpu-pool plus a toleration
-# of the taint below, see workflows/training.py). Scales from 0, so an idle cluster pays for no GPU.
+# of the taint below, see workflows/definitions/training.py). Scales from 0, so an idle cluster pays for no GPU.
 resource "google_container_node_pool" "gpu" {
   name           = "gpu-pool"
   cluster        = google_container_cluster.primary.id

@@ -72,7 +72,7 @@ def missing(root: Path, files: Sequence[str]) -> list[str]:
 
 def hub_probe(endpoint: str = "https://huggingface.co", timeout_s: float = 3.0) -> str | None:
     """None when the hub accepts a TCP connection, else why not. Milliseconds, where `datasets` itself retries for
-    about 24 s before failing on a machine without a route (steps/hub.py)."""
+    about 24 s before failing on a machine without a route (steps/core/hub.py)."""
     url = urlparse(endpoint)
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
     try:

@@ -1,4 +1,4 @@
-"""`python -m workflows ...` = `sentimentops render|run|pipeline|check ...`."""
+"""`python -m sentimentops.workflows ...` = `sentimentops render|run|pipeline|check ...`."""
 
 import sys
 

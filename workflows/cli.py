@@ -14,11 +14,13 @@ import signal
 import sys
 from pathlib import Path
 
+from sentimentops.steps.core.logs import emit, get_logger
 from sentimentops.workflows import render
 from sentimentops.workflows.argo.expressions import ExpressionError
 from sentimentops.workflows.argo.spec import SpecError
 
 DEFAULT_TEMPLATE = render.RENDERED_DIR / "sentiment-training.yaml"
+log = get_logger("sentimentops.workflows.cli")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -57,15 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         return render.handle(args)
     if args.command == "check":
         return _check(args.files)
-    from sentimentops.workflows.runner.local_runner import run  # imported late: `render` must not pay for the runner
+    # Imported late: `render` must not pay for the runner.
+    from sentimentops.workflows.runner.local_runner import run
 
     # SIGTERM (a stopped webhook, a test fixture, `kill`) unwinds like Ctrl-C: the running step is stopped, not
-    # orphaned (workflows/process.py); the same command resumes the run folder later.
+    # orphaned (workflows/runner/process.py); the same command resumes the run folder later.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         result = run(args.template, args.run_dir, dict(args.parameters), dict(args.env), args.stop_after)
     except (SpecError, ExpressionError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
     return result.exit_code
 
@@ -79,8 +82,8 @@ def _check(files: list[Path]) -> int:
 
     problems = [p for f in files for p in check_file(f)]
     for problem in problems:
-        print(problem)
-    print(f"{len(files)} file(s) checked, {len(problems)} problem(s)")
+        emit(problem)
+    emit(f"{len(files)} file(s) checked, {len(problems)} problem(s)")
     return 1 if problems else 0
 
 

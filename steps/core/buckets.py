@@ -5,7 +5,7 @@ docs/measurements.md), while padding each batch to its exact longest length make
 cuDNN attention re-plans per shape (measured on an H100: 319 samples/s with exact lengths, 1923 with lengths rounded
 up to a multiple of 64). Rounding to a multiple of 64 bounds the shapes to 512 / 64 = 8 buckets.
 
-Only numpy and torch here: the GPU benchmark imports this module without the project installed.
+Only numpy and torch here (no other project module): sentimentops.steps.core.scoring and the train loop share it.
 """
 
 from __future__ import annotations

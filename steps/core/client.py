@@ -10,6 +10,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from sentimentops.steps.core.errors import StageError, UsageError, stage_main
+from sentimentops.steps.core.logs import emit, get_logger
+
+log = get_logger(__name__)
+
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 for a local server (the OS picks it; the probe socket is closed again)."""
@@ -48,18 +53,31 @@ def predict(base_url: str, model: str, texts: list[str]) -> list[dict]:
     return post_json(f"{base_url}/v1/models/{model}:predict", {"instances": texts})["predictions"]
 
 
+@stage_main("predict")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sentimentops predict", description=__doc__)
     parser.add_argument("texts", nargs="+", help="reviews to classify")
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--model", default="sentiment")
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the predictor (default: %(default)s)")
+    parser.add_argument("--model", default="sentiment", help="the model name (default: %(default)s)")
     parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for readiness first")
     args = parser.parse_args(argv)
+    if args.wait < 0:
+        raise UsageError(f"--wait must be >= 0, got {args.wait:g}")
+    if not all(text.strip() for text in args.texts):
+        raise UsageError("empty review: give each review as a non-empty argument")
     if args.wait and not wait_ready(args.url, args.model, args.wait):
-        print(f"predict: {args.url} was not ready within {args.wait:.0f} s", file=sys.stderr)
-        return 1
-    for text, pred in zip(args.texts, predict(args.url, args.model, args.texts), strict=True):
+        raise StageError(f"{args.url} was not ready within {args.wait:.0f} s")
+    try:
+        predictions = predict(args.url, args.model, args.texts)
+    except urllib.error.HTTPError as err:  # the predictor refused the input (400, 413): its reason, one line
+        detail = err.read().decode(errors="replace").strip()
+        if 400 <= err.code < 500:
+            raise UsageError(f"the predictor answered {err.code}: {detail}") from err
+        raise StageError(f"the predictor answered {err.code}: {detail}") from err
+    except (urllib.error.URLError, OSError) as err:  # nothing listening (yet): transient, retried
+        raise StageError(f"cannot reach {args.url}: {err}") from err
+    for text, pred in zip(args.texts, predictions, strict=True):
         short = text if len(text) <= 60 else text[:57] + "..."
-        print(f"{pred['label']:>8}  p(positive)={pred['probability']:.3f}  "
+        emit(f"{pred['label']:>8}  p(positive)={pred['probability']:.3f}  "
               f"{pred['model_name']} v{pred['model_version']}  {short!r}")
     return 0

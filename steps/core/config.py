@@ -1,8 +1,13 @@
-"""Typed settings for every step: flags > `SENTIMENTOPS_*` environment > profile file.
+"""Typed settings for every step, through pydantic-settings: flags > `SENTIMENTOPS_*` environment > profile file.
 
-A profile (`steps/profiles/<name>.yaml`, chosen by `SENTIMENTOPS_PROFILE`, default `local`) holds a `common`
-section shared by all steps and one section per step. Environment names: `SENTIMENTOPS_<FIELD>` for common fields,
-`SENTIMENTOPS_<SECTION>_<FIELD>` for a step's own fields.
+A profile (`steps/profiles/<name>.yaml`, chosen by `SENTIMENTOPS_PROFILE` or `--profile`, default `local`) holds a
+`common` section shared by all steps and one section per step. Environment names: `SENTIMENTOPS_<FIELD>` for common
+fields, `SENTIMENTOPS_<SECTION>_<FIELD>` for a step's own fields. A key the profile does not know (a section or a
+field: a typo) is an error naming the key and the file, never silently dropped.
+
+`load_settings` layers the three sources; constructing a settings class directly (`TrainSettings(epochs=2)`) gives
+its defaults plus the arguments, nothing read from files or the environment. `parse_settings` builds a stage's
+command line from the fields themselves: one flag per field, its description as the flag's help.
 
 `{home}` in any value (a field's default, the profile file, the environment or a flag; strings, paths, lists of
 them) is replaced by the state folder once the settings object is built, however it is built: a default left
@@ -11,22 +16,40 @@ folder in the working directory, and a local canary analysed on zero requests).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path, PurePath
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sentimentops.steps.core.errors import UsageError
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 DEFAULT_PROFILE = "local"
 
 
-class CommonSettings(BaseModel):
+# The profile file's sections: `common` and one per step's settings class (`section`). A section not listed here is
+# a typo in a profile (tests/unit/test_config_manifest.py checks every settings class's section is listed).
+SECTIONS = ("common", "ingest", "validate", "version", "train", "evaluate", "register", "export", "serve",
+            "rollout", "drift")
+# The environment `load_settings` reads (None: os.environ); direct construction reads none.
+_LAYERED_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("_LAYERED_ENV", default=None)
+_LAYERED: ContextVar[bool] = ContextVar("_LAYERED", default=False)
+
+
+class CommonSettings(BaseSettings):
     """Settings every step shares (tracking, registry, where local state lives)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = SettingsConfigDict(extra="forbid", protected_namespaces=())
     section: ClassVar[str] = "common"
 
     profile: str = Field(DEFAULT_PROFILE, description="Profile name: local (embedded defaults) or gke.")
@@ -40,6 +63,21 @@ class CommonSettings(BaseModel):
     )
     run_reason: str = Field("manual", description="Why this pipeline run started (manual, cron, drift: ...).")
     workflow_name: str = Field("local", description="Argo workflow name (or the local run folder's name).")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """flags (init arguments) > environment > profile, when built by `load_settings`; else the arguments."""
+        if not _LAYERED.get():
+            return (init_settings,)
+        env = _LAYERED_ENV.get()
+        env = os.environ if env is None else env
+        init = getattr(init_settings, "init_kwargs", {}) or {}
+        profile = init.get("profile") or env.get("SENTIMENTOPS_PROFILE") or DEFAULT_PROFILE
+        return (init_settings, EnvSource(settings_cls, env), ProfileSource(settings_cls, str(profile)))
 
     @model_validator(mode="after")
     def _expand_home(self):
@@ -72,19 +110,94 @@ def expand_home(value: Any, home: Path) -> Any:
     return value
 
 
-def _env_name(cls: type[CommonSettings], field: str) -> str:
-    if field in CommonSettings.model_fields or cls.section == "common":
+def _env_name(cls: type[BaseSettings], field: str) -> str:
+    section = getattr(cls, "section", "common")
+    if field in CommonSettings.model_fields or section == "common":
         return f"SENTIMENTOPS_{field.upper()}"
-    return f"SENTIMENTOPS_{cls.section.upper()}_{field.upper()}"
+    return f"SENTIMENTOPS_{section.upper()}_{field.upper()}"
+
+
+def _structured(info: FieldInfo) -> bool:
+    """A list, tuple, dict or model field: its environment value is JSON."""
+    ann = info.annotation
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        return any(_structured(FieldInfo(annotation=a)) for a in typing.get_args(ann) if a is not type(None))
+    return origin in (list, tuple, dict, set) or ann in (list, tuple, dict, set) or (
+        isinstance(ann, type) and issubclass(ann, BaseModel))
+
+
+class EnvSource(PydanticBaseSettingsSource):
+    """`SENTIMENTOPS_<FIELD>` / `SENTIMENTOPS_<SECTION>_<FIELD>`; structured fields read as JSON."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        name = _env_name(self.settings_cls, field_name)
+        return self.env.get(name), name, _structured(field)
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field_name, info in self.settings_cls.model_fields.items():
+            raw, name, structured = self.get_field_value(info, field_name)
+            if raw is None:
+                continue
+            if structured:
+                try:
+                    raw = json.loads(raw)
+                except json.JSONDecodeError as err:
+                    raise UsageError(f"{name}: expected JSON for a structured setting, got {raw!r}") from err
+            values[field_name] = raw
+        return values
+
+
+def profile_path(name: str) -> Path:
+    """The profile file: a name with a slash or a .yaml suffix is a path, else steps/profiles/<name>.yaml."""
+    return Path(name) if (name.endswith((".yaml", ".yml")) or "/" in name) else PROFILES_DIR / f"{name}.yaml"
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """The profile file's sections; a name with a slash or .yaml suffix is read as a path."""
-    path = Path(name) if (name.endswith((".yaml", ".yml")) or "/" in name) else PROFILES_DIR / f"{name}.yaml"
+    """The profile file's sections; an unknown profile or section is a UsageError."""
+    path = profile_path(name)
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown profile {name!r}: no file {path} (known profiles: {', '.join(known)})")
-    return yaml.safe_load(path.read_text()) or {}
+        raise UsageError(f"unknown profile {name!r}: no file {path} (known profiles: {', '.join(known)})")
+    sections = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(sections, dict):
+        raise UsageError(f"profile {path}: expected sections (common, {', '.join(SECTIONS[1:])}), got {sections!r}")
+    for section, body in sections.items():
+        if section not in SECTIONS:
+            raise UsageError(f"profile {path}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+        if body is not None and not isinstance(body, dict):
+            raise UsageError(f"profile {path}: section {section!r} must be a mapping of settings")
+    return sections
+
+
+class ProfileSource(PydanticBaseSettingsSource):
+    """The profile's `common` section and the class's own section; a key the class does not declare is an error."""
+
+    def __init__(self, settings_cls: type[BaseSettings], profile: str) -> None:
+        super().__init__(settings_cls)
+        self.profile = profile
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        sections = load_profile(self.profile)
+        section = getattr(self.settings_cls, "section", "common")
+        values: dict[str, Any] = {"profile": self.profile}
+        for name in ("common", section) if section != "common" else ("common",):
+            body = sections.get(name) or {}
+            known = CommonSettings.model_fields if name == "common" else self.settings_cls.model_fields
+            unknown = sorted(set(body) - set(known))
+            if unknown:
+                raise UsageError(f"profile {profile_path(self.profile)}: unknown key {name}.{unknown[0]} "
+                                 f"(the {name} settings are: {', '.join(sorted(known))})")
+            values.update(body)
+        return values
 
 
 def load_settings(
@@ -94,25 +207,87 @@ def load_settings(
     env: Mapping[str, str] | None = None,
 ) -> T:
     """Builds `cls` from profile < environment < overrides (flags; None values are ignored)."""
-    env = os.environ if env is None else env
-    profile = (overrides or {}).get("profile") or env.get("SENTIMENTOPS_PROFILE") or DEFAULT_PROFILE
-    sections = load_profile(profile)
-    values: dict[str, Any] = {"profile": profile}
-    values.update(sections.get("common") or {})
-    if cls.section != "common":
-        values.update(sections.get(cls.section) or {})
-    for field in cls.model_fields:
-        name = _env_name(cls, field)
-        if name in env:
-            values[field] = env[name]
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = set(values) - set(cls.model_fields)
-    # Profile files carry every step's common keys; drop only keys this class does not declare at all.
-    values = {k: v for k, v in values.items() if k not in unknown}
-    return cls(**values)  # `{home}` is expanded by the model itself (CommonSettings._expand_home)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(cls.model_fields))
+    if unknown:
+        raise UsageError(f"{cls.__name__} has no setting {unknown[0]!r}")
+    layered, environ = _LAYERED.set(True), _LAYERED_ENV.set(env)
+    try:
+        return cls(**given)  # `{home}` is expanded by the model itself (CommonSettings._expand_home)
+    finally:
+        _LAYERED.reset(layered)
+        _LAYERED_ENV.reset(environ)
 
 
 def flags(namespace: Any, *names: str) -> dict[str, Any]:
     """argparse Namespace -> overrides dict (dashes to underscores), keeping only the given names when named."""
     data = {k.replace("-", "_"): v for k, v in vars(namespace).items()}
     return {k: data[k] for k in names} if names else data
+
+
+def _flag_type(annotation: Any) -> tuple[dict[str, Any], str]:
+    """argparse keyword arguments and a metavar for a field's annotation."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _flag_type(args[0])
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}, ""
+    if origin is Literal:
+        return {"choices": list(typing.get_args(annotation)), "type": type(typing.get_args(annotation)[0])}, ""
+    if origin in (list, tuple, set) or annotation in (list, tuple, set):
+        inner = args[0] if args and args[0] is not Ellipsis else str
+        kwargs, metavar = _flag_type(inner)
+        if "type" in kwargs and "choices" not in kwargs:
+            return {"nargs": "+", "type": kwargs["type"]}, metavar
+        return {"nargs": "+", "type": json.loads}, "JSON"
+    if origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return {"type": json.loads}, "JSON"
+    if annotation in (int, float, str):
+        return {"type": annotation}, ""
+    if isinstance(annotation, type) and issubclass(annotation, PurePath):
+        return {"type": Path}, ""
+    return {"type": str}, "VALUE"
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, cls: type[CommonSettings], *,
+                       skip: Sequence[str] = ()) -> None:
+    """One `--field-name` flag per field of `cls` (common fields in their own group), help = the description."""
+    own = parser.add_argument_group(f"{cls.section} settings (profile section `{cls.section}`, "
+                                    f"environment SENTIMENTOPS_{cls.section.upper()}_<NAME>)")
+    common = parser.add_argument_group("common settings (profile section `common`, environment SENTIMENTOPS_<NAME>)")
+    for name, info in cls.model_fields.items():
+        if name in skip:
+            continue
+        kwargs, metavar = _flag_type(info.annotation)
+        default = info.get_default(call_default_factory=True)
+        shown = default.value if hasattr(default, "value") else default
+        help_text = (info.description or "").rstrip(".") + (f" (default: {shown})" if shown not in ("", None) else "")
+        if metavar and "action" not in kwargs:
+            kwargs["metavar"] = metavar
+        group = common if name in CommonSettings.model_fields and cls is not CommonSettings else own
+        group.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                           help=help_text.replace("%", "%%") or None, **kwargs)
+
+
+def settings_from_args(cls: type[T], args: argparse.Namespace, *, skip: Sequence[str] = (),
+                       env: Mapping[str, str] | None = None) -> T:
+    """The layered settings from a namespace parsed with `add_settings_flags` (for commands with sub-commands:
+    add the flags to each sub-parser, then call this with the parsed namespace)."""
+    overrides = {name: getattr(args, name) for name in cls.model_fields if name not in skip and hasattr(args, name)}
+    return load_settings(cls, overrides, env=env)
+
+
+def parse_settings(cls: type[T], argv: Sequence[str] | None, *, prog: str, description: str | None = None,
+                   add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                   env: Mapping[str, str] | None = None) -> tuple[T, argparse.Namespace]:
+    """A stage's command line: its own arguments (`add_arguments`: input and output folders) plus one flag per
+    settings field; returns the layered settings (profile < environment < these flags) and the parsed arguments."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add_arguments is not None:
+        add_arguments(parser)
+    taken = {a.dest for a in parser._actions}
+    add_settings_flags(parser, cls, skip=[n for n in cls.model_fields if n in taken])
+    args = parser.parse_args(argv)
+    return settings_from_args(cls, args, skip=sorted(taken), env=env), args

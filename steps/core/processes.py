@@ -87,7 +87,7 @@ def stop(target: subprocess.Popen | int | None, grace_s: float = 15.0) -> int | 
     if target is None:
         return None
     proc = target if isinstance(target, subprocess.Popen) else None
-    pgid = proc.pid if proc is not None else int(target)
+    pgid = proc.pid if proc is not None else int(target)  # type: ignore[arg-type]
     _signal_group(pgid, signal.SIGTERM)
     deadline, killed = time.monotonic() + grace_s, False
     while True:
@@ -136,7 +136,8 @@ def wait_for(check: Callable[[], T], timeout_s: float, what: str, procs: Iterabl
             if proc.poll() is not None:
                 log = getattr(proc, "log", None)
                 tail = log.read_text(errors="replace")[-2000:] if log is not None and log.is_file() else ""
-                raise RuntimeError(f"{what}: {shlex.join(map(str, proc.args[:4]))} exited ({proc.returncode})"
+                argv = [proc.args] if isinstance(proc.args, str | bytes) else list(proc.args)  # type: ignore[arg-type]
+                raise RuntimeError(f"{what}: {shlex.join(map(str, argv[:4]))} exited ({proc.returncode})"
                                    + (f"; its log ends:\n{tail}" if tail else ""))
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
@@ -158,7 +159,7 @@ class ProcessGroups:
         else:
             with log.open("w") as out:
                 proc = spawn(argv, stdout=out, stderr=subprocess.STDOUT, **popen_kwargs)
-            proc.log = log
+            proc.log = log  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
 

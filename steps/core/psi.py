@@ -11,22 +11,23 @@ Shares are floored at EPS before the log: an empty bin would otherwise make PSI 
 approximation): 0.02 for 10 bins and a 500-record window, an order of magnitude under the 0.2 alert threshold.
 
 Features (docs/metrics.md): `input_tokens` (tokens per instance after truncation, special tokens included, as the
-tokenizer returns them), `confidence` (max(p, 1-p)), `predicted_label` (negative/positive) and `content` (the
-share of WordPiece continuation tokens `##...` among the instance's non-special tokens: a vocabulary/domain
-signal computed from token ids alone, so no raw text is ever kept).
+tokenizer returns them), `confidence` (max(p, 1-p)), `predicted_label` (contract.labels_of) and `content`
+(contract.content_share: the share of WordPiece continuation tokens `##...` among the instance's non-special
+tokens, a vocabulary/domain signal computed from tokens alone, so no raw text is ever kept).
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from sentimentops.steps.core.contract import LABELS, labels_of
+
 EPS = 1e-4
 NUMERIC_BINS = 10  # deciles of the reference: equal-mass bins keep every bin's share well away from EPS
-LABELS = ("negative", "positive")
 FEATURES = ("input_tokens", "confidence", "predicted_label", "content")
 RECORD_DECIMALS = 6  # prediction records carry probability, confidence and content rounded to this
 SAMPLE_SIZE = 5000  # reference values kept for the Evidently report (numbers only, no text)
@@ -46,7 +47,7 @@ def psi(reference: np.ndarray, current: np.ndarray, eps: float = EPS) -> float:
 
 def quantile_edges(values: np.ndarray, bins: int = NUMERIC_BINS) -> np.ndarray:
     """Interior cut points at the reference quantiles; bin i is [edge_{i-1}, edge_i). Ties (token counts piled up
-    at the 512 limit, confidences at 1.0) collapse duplicate edges, and an edge that would leave a reference bin
+    at the contract.MAX_TOKENS limit, confidences at 1.0) collapse duplicate edges, and an edge that would leave a reference bin
     empty is dropped, so every reference bin holds data."""
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
@@ -71,15 +72,6 @@ def category_counts(values: Sequence[str] | np.ndarray, categories: Sequence[str
     values = np.asarray(values)
     counts = [int(np.count_nonzero(values == c)) for c in categories]
     return np.array(counts + [int(values.size - sum(counts))], dtype=np.int64)
-
-
-def continuation_share(tokens: Sequence[str], special: Iterable[str] = ()) -> float:
-    """The `content` signal: share of WordPiece continuation tokens (`##...`) among the non-special tokens."""
-    special = set(special)
-    words = [t for t in tokens if t not in special]
-    if not words:
-        return 0.0
-    return sum(1 for t in words if t.startswith("##")) / len(words)
 
 
 @dataclass
@@ -171,7 +163,7 @@ def features_from_predictions(input_tokens: Sequence[int], probability: Sequence
     prob = np.round(np.asarray(probability, dtype=np.float64), RECORD_DECIMALS)
     return Features(input_tokens=np.asarray(input_tokens, dtype=np.float64),
                     confidence=np.round(np.maximum(prob, 1.0 - prob), RECORD_DECIMALS),
-                    predicted_label=np.where(prob >= 0.5, LABELS[1], LABELS[0]),
+                    predicted_label=labels_of(prob),
                     content=np.round(np.asarray(content, dtype=np.float64), RECORD_DECIMALS))
 
 

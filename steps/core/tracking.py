@@ -10,6 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sentimentops.steps.core.config import CommonSettings
+from sentimentops.steps.core.contract import (
+    MODEL_ARTIFACT,  # noqa: F401  re-exported: steps/register/cli.py still imports it from here
+    MODEL_DIR_KEY,  # noqa: F401  re-exported, likewise
+    ModelFolder,
+    read_model_folder,
+)
 from sentimentops.steps.core.manifests import git_sha
 
 RUN_ID_FILE = ".mlflow_run_id"  # lets a resumed step continue its own MLflow run instead of starting another
@@ -66,10 +72,6 @@ def mlflow_run(
         yield run
 
 
-MODEL_ARTIFACT = "model"          # the pyfunc's name inside its run
-MODEL_DIR_KEY = "model_dir"       # the pyfunc artifact holding the Hugging Face folder (weights + tokenizer)
-
-
 def alias_version(settings: CommonSettings, alias: str):
     """The registered model version behind `alias`, or None when the model or alias does not exist yet."""
     from mlflow.exceptions import MlflowException
@@ -81,17 +83,18 @@ def alias_version(settings: CommonSettings, alias: str):
         return None
 
 
-def download_model_dir(settings: CommonSettings, uri: str, dest: Path) -> Path:
-    """Downloads a registered pyfunc (`models:/name@alias`, `models:/name/3`) and returns its Hugging Face folder."""
+def download_model(settings: CommonSettings, uri: str, dest: Path) -> ModelFolder:
+    """Downloads a registered pyfunc (`models:/name@alias`, `models:/name/3`) and reads it (core.contract)."""
     import mlflow
-    import yaml
 
     configure(settings)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    # The MLmodel file says where the pyfunc keeps each artifact (named after the logged folder, not the key).
-    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
-    relative = mlmodel["flavors"]["python_function"]["artifacts"][MODEL_DIR_KEY]["path"]
-    folder = local / relative
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{uri}: no Hugging Face model folder at {relative}")
+    folder = read_model_folder(local)
+    if not (folder.model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{uri}: no Hugging Face model folder at {folder.model_dir}")
     return folder
+
+
+def download_model_dir(settings: CommonSettings, uri: str, dest: Path) -> Path:
+    """Downloads a registered pyfunc and returns its Hugging Face folder (weights + tokenizer)."""
+    return download_model(settings, uri, dest).model_dir

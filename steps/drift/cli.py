@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import urllib.request
@@ -29,13 +28,14 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, flags, load_settings
-from sentimentops.steps.core.psi import FEATURES, DriftReference, Features, features_from_predictions, window_psi
+from sentimentops.steps.core.config import CommonSettings, add_settings_flags, settings_from_args
+from sentimentops.steps.core.contract import read_model_folder
+from sentimentops.steps.core.errors import DataError, stage_main
+from sentimentops.steps.core.logs import emit, get_logger
+from sentimentops.steps.core.psi import FEATURES, DriftReference, window_psi
+from sentimentops.steps.drift.records import RecordTail, parse_records
 
-try:  # 3-5x faster record parsing; the pure-stdlib path gives the same values
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover
-    _loads = json.loads
+log = get_logger(__name__)
 
 
 class DriftSettings(CommonSettings):
@@ -49,84 +49,6 @@ class DriftSettings(CommonSettings):
     webhook_token_file: str = Field("", description="File with the webhook's bearer token (the EventSource's "
                                     "authSecret); empty: no Authorization header.")
     poll_seconds: float = Field(1.0, gt=0, description="How often the records file is read for new lines.")
-
-
-# ---- prediction records ----------------------------------------------------------------------------------------
-
-def parse_records(lines: list[bytes | str]) -> tuple[Features, list[str]]:
-    """JSON lines -> feature columns and the model versions; malformed or incomplete lines are skipped."""
-    try:  # fast path: the whole window as one JSON array (one parser call, columns by comprehension)
-        recs = _loads(b"[" + b",".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"]")
-        columns = ([float(r["input_tokens"]) for r in recs], [float(r["probability"]) for r in recs],
-                   [float(r.get("content", 0.0)) for r in recs])
-        return features_from_predictions(*columns), [str(r.get("model_version", "")) for r in recs]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        pass  # a broken line somewhere: parse line by line and skip it
-    tokens, probs, content, versions = [], [], [], []
-    for line in lines:
-        try:
-            rec = _loads(line)
-            row = (float(rec["input_tokens"]), float(rec["probability"]), float(rec.get("content", 0.0)))
-        except (ValueError, KeyError, TypeError):
-            continue
-        tokens.append(row[0])
-        probs.append(row[1])
-        content.append(row[2])
-        versions.append(str(rec.get("model_version", "")))
-    return features_from_predictions(tokens, probs, content), versions
-
-
-def read_records(paths: list[Path], last: int | None = None) -> tuple[Features, list[str]]:
-    lines: list[bytes] = []
-    for path in paths:
-        with open(path, "rb") as fh:
-            lines.extend(fh.read().splitlines())
-    return parse_records(lines[-last:] if last else lines)
-
-
-class RecordTail:
-    """Follows a JSON-lines file the way `tail -F` does: complete lines only, and after a rotation (the path
-    now names another file, or the file shrank) the rest of the old file and then the new one from its start."""
-
-    def __init__(self, path: Path, from_start: bool = True):
-        self.path, self._fh, self._inode, self._partial = Path(path), None, None, b""
-        self._from_start = from_start
-
-    def _open(self) -> bool:
-        try:
-            fh = open(self.path, "rb")  # noqa: SIM115 (held open across polls, closed on rotation)
-        except FileNotFoundError:
-            return False
-        if not self._from_start:
-            fh.seek(0, os.SEEK_END)
-        self._from_start = True  # a file that appears later (rotation) is read from its start
-        self._fh, self._inode, self._partial = fh, os.fstat(fh.fileno()).st_ino, b""
-        return True
-
-    def read(self) -> list[bytes]:
-        if self._fh is None and not self._open():
-            return []
-        lines = self._drain()
-        try:
-            stat = os.stat(self.path)
-            rotated = stat.st_ino != self._inode or stat.st_size < self._fh.tell()
-        except FileNotFoundError:
-            rotated = False  # mid-rotation: keep the old handle until the new file appears
-        if rotated:
-            self._fh.close()
-            self._fh = None
-            if self._open():
-                lines += self._drain()
-        return lines
-
-    def _drain(self) -> list[bytes]:
-        data = self._partial + self._fh.read()
-        *lines, self._partial = data.split(b"\n")
-        return [line for line in lines if line.strip()]
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
 
 
 # ---- windows and the persistence rule -------------------------------------------------------------------------
@@ -207,18 +129,22 @@ def post_webhook(url: str, payload: dict, token_file: str = "", timeout: float =
 # ---- the reference that travels with the model ----------------------------------------------------------------
 
 def reference_from_pyfunc(folder: Path) -> Path:
-    import yaml
-
-    mlmodel = yaml.safe_load((Path(folder) / "MLmodel").read_text())
-    relative = mlmodel["flavors"]["python_function"]["artifacts"]["drift_reference"]["path"]
-    return Path(folder) / relative
+    """The `drift_reference` artifact of a registered model folder (core.contract.read_model_folder)."""
+    found = read_model_folder(Path(folder)).drift_reference
+    if found is None:
+        raise FileNotFoundError(f"{folder}: the model has no drift_reference artifact (registered without evaluate?)")
+    return found
 
 
 def load_reference(args: argparse.Namespace, settings: CommonSettings) -> DriftReference:
-    if args.reference:
-        return DriftReference.read(args.reference)
-    if args.model_dir:
-        return DriftReference.read(reference_from_pyfunc(args.model_dir))
+    """The reference from --reference, --model-dir or --model-uri; an unreadable one is a DataError (exit 1)."""
+    if args.reference or args.model_dir:
+        try:
+            if args.reference:
+                return DriftReference.read(args.reference)
+            return DriftReference.read(reference_from_pyfunc(args.model_dir))
+        except (OSError, ValueError, KeyError) as err:
+            raise DataError(f"cannot read the drift reference: {err}") from err
     import mlflow
 
     from sentimentops.steps.core.tracking import configure
@@ -258,19 +184,19 @@ def iterate(tail: RecordTail, poll: float, stop: Callable[[], bool]) -> Iterator
 def watch(args: argparse.Namespace, settings: DriftSettings) -> int:
     reference = load_reference(args, settings)
     gauges, server, port = serve_metrics(settings)
-    print(f"drift watch: {args.records}, windows of {settings.window}, threshold {settings.threshold}, "
-          f"persist {settings.persist}; metrics on http://{settings.host}:{port}/metrics", flush=True)
+    log.info("drift watch: %s, windows of %d, threshold %s, persist %d; metrics on http://%s:%d/metrics",
+             args.records, settings.window, settings.threshold, settings.persist, settings.host, port)
 
     def on_window(result: WindowResult) -> None:
         for feature, value in result.psi.items():
             gauges["psi"].labels(feature=feature).set(value)
         gauges["windows"].inc()
-        print(json.dumps({"window": result.index, "records": result.records,
-                          "psi": {k: round(v, 4) for k, v in result.psi.items()}, "drifted": result.drifted}),
-              flush=True)
+        # one JSON line per window on stdout: the monitor's result stream
+        emit(json.dumps({"window": result.index, "records": result.records,
+                         "psi": {k: round(v, 4) for k, v in result.psi.items()}, "drifted": result.drifted}))
 
     def on_trigger(reason: str, result: WindowResult) -> None:
-        print(f"drift watch: {reason}", flush=True)
+        log.warning("drift watch: %s", reason)
         if not settings.webhook_url:
             gauges["triggers"].labels(outcome="no_webhook").inc()
             return
@@ -279,10 +205,10 @@ def watch(args: argparse.Namespace, settings: DriftSettings) -> int:
         try:
             status = post_webhook(settings.webhook_url, payload, settings.webhook_token_file)
             gauges["triggers"].labels(outcome="sent").inc()
-            print(f"drift watch: webhook answered {status}", flush=True)
+            log.info("drift watch: webhook answered %s", status)
         except OSError as err:  # the monitor keeps watching; the DataDrift alert still fires through Prometheus
             gauges["triggers"].labels(outcome="failed").inc()
-            print(f"drift watch: webhook failed: {err}", file=sys.stderr, flush=True)
+            log.error("drift watch: webhook failed: %s", err)
 
     monitor = DriftMonitor(reference, settings.window, settings.threshold, settings.persist, on_window, on_trigger)
     tail = RecordTail(args.records, from_start=not args.from_end)
@@ -304,37 +230,52 @@ def watch(args: argparse.Namespace, settings: DriftSettings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sentimentops drift", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("watch", help="online PSI on /metrics; calls the retraining webhook on persistent drift")
-    r = sub.add_parser("report", help="Evidently PSI report (HTML) of recent records, logged to MLflow")
-    for p in (w, r):
-        p.add_argument("--records", type=Path, required=True, help="prediction records (JSON lines)")
-        ref = p.add_mutually_exclusive_group(required=True)
+# Settings `drift report` does not use (it serves nothing and calls no webhook).
+REPORT_SKIP = ("host", "port", "persist", "webhook_url", "webhook_token_file", "poll_seconds")
+
+
+def parser() -> argparse.ArgumentParser:
+    """`sentimentops drift`: each sub-command's own arguments, plus one flag per DriftSettings field (watch, report)."""
+    from sentimentops.steps.drift.webhook import add_arguments
+
+    p = argparse.ArgumentParser(prog="sentimentops drift", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("watch", help="online PSI on /metrics; calls the retraining webhook on persistent drift",
+                       description="Online PSI per window on /metrics; calls the retraining webhook once drift "
+                       "persisted.")
+    r = sub.add_parser("report", help="Evidently PSI report (HTML) of recent records, logged to MLflow",
+                       description="Evidently's PSI report (HTML + JSON) of recent records, logged to MLflow.")
+    for s in (w, r):
+        s.add_argument("--records", type=Path, required=True, help="prediction records (JSON lines)")
+        ref = s.add_mutually_exclusive_group(required=True)
         ref.add_argument("--reference", type=Path, help="a drift_reference.json")
         ref.add_argument("--model-dir", type=Path, help="a registered pyfunc folder (MLmodel + artifacts)")
         ref.add_argument("--model-uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    for name in ("host", "port", "window", "threshold", "persist", "webhook-url", "webhook-token-file",
-                 "poll-seconds"):
-        w.add_argument(f"--{name}", type={"port": int, "window": int, "persist": int, "threshold": float,
-                                          "poll-seconds": float}.get(name, str))
     w.add_argument("--from-end", action="store_true", help="skip the records already in the file")
     w.add_argument("--max-windows", type=int, default=0, help="stop after N windows (tests, demos)")
     w.add_argument("--max-seconds", type=float, default=0, help="stop after S seconds (tests, demos)")
     r.add_argument("--last", type=int, default=0, help="only the last N records (0: all)")
-    r.add_argument("--window", type=int, help="the window size, for the online PSI beside Evidently's")
-    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True, help="output folder: drift_report.html, drift.json")
     r.add_argument("--no-mlflow", action="store_true", help="write the report without logging it")
-    hook = sub.add_parser("webhook", help="local retraining webhook: starts the local runner with -p reason=...")
-    from sentimentops.steps.drift.webhook import add_arguments, serve
-
+    add_settings_flags(w, DriftSettings)
+    add_settings_flags(r, DriftSettings, skip=REPORT_SKIP)
+    hook = sub.add_parser("webhook", help="local retraining webhook: starts the local runner with -p reason=...",
+                          description="The local stand-in for the Argo Events webhook (sentimentops.steps.drift."
+                          "webhook).")
     add_arguments(hook)
-    args = parser.parse_args(argv)
+    return p
+
+
+@stage_main("drift")
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.command == "webhook":
+        from sentimentops.steps.drift.webhook import serve
+
         return serve(args)
-    keys = ("host", "port", "window", "threshold", "persist", "webhook_url", "webhook_token_file", "poll_seconds")
-    settings = load_settings(DriftSettings, {k: v for k, v in flags(args).items() if k in keys})
+    skip = REPORT_SKIP if args.command == "report" else ()
+    settings = settings_from_args(DriftSettings, args, skip=skip)
     if args.command == "watch":
         return watch(args, settings)
     from sentimentops.steps.drift.report import report

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from sentimentops.steps.core.logs import emit, get_logger
 from sentimentops.steps.core.psi import FEATURES, DriftReference, Features, window_psi
+from sentimentops.steps.drift.records import read_records
+
+log = get_logger(__name__)
 
 NUMERIC = ["input_tokens", "confidence", "content"]
 
@@ -47,12 +51,10 @@ def evidently_psi(reference: pd.DataFrame, current: pd.DataFrame, threshold: flo
 
 
 def report(args: argparse.Namespace, settings, reference: DriftReference) -> int:
-    from sentimentops.steps.drift.cli import read_records
-
     paths = [args.records] + sorted(args.records.parent.glob(args.records.name + ".*"))  # rotated parts too
     features, versions = read_records([p for p in paths if p.is_file()], last=args.last or None)
     if not len(features):
-        print(f"drift report: no records in {args.records}")
+        log.error("drift report: no records in %s", args.records)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -68,7 +70,7 @@ def report(args: argparse.Namespace, settings, reference: DriftReference) -> int
     if not args.no_mlflow:
         summary["mlflow_run_id"] = log_to_mlflow(settings, args.out, summary)
         (args.out / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k] for k in ("records", "psi_online", "psi_evidently", "drifted")}))
+    emit(json.dumps({k: summary[k] for k in ("records", "psi_online", "psi_evidently", "drifted")}))
     return 0
 
 

@@ -23,7 +23,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from sentimentops.steps.core.errors import UsageError
+from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.processes import spawn, stop
+
+log = get_logger(__name__)
 
 MAX_REASON = 200  # an Argo parameter and an MLflow tag value: short, one line
 
@@ -68,19 +72,19 @@ class Launcher:
             for item in self.env:
                 argv += ["--env", item]
             run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(run_dir / "webhook-run.log", "w")  # noqa: SIM115 (the child owns it until it exits)
-            self.current = spawn(argv, stdout=log, stderr=subprocess.STDOUT)
-            log.close()
+            output = open(run_dir / "webhook-run.log", "w")  # noqa: SIM115 (the child owns it until it exits)
+            self.current = spawn(argv, stdout=output, stderr=subprocess.STDOUT)
+            output.close()
             record = {"run_dir": str(run_dir), "reason": reason, "pid": self.current.pid}
             self.runs.append(record)
-            print(f"drift webhook: started {run_dir} (reason: {reason})", flush=True)
+            log.info("drift webhook: started %s (reason: %s)", run_dir, reason)
             return record
 
     def stop(self) -> None:
         """Stop the running retrain's process group (SIGTERM, SIGKILL after a grace period)."""
         with self.lock:
             if self.busy():
-                print(f"drift webhook: stopping the running retrain (pid {self.current.pid})", flush=True)
+                log.info("drift webhook: stopping the running retrain (pid %s)", self.current.pid)
                 stop(self.current, grace_s=20)
 
     def status(self) -> list[dict]:
@@ -122,7 +126,7 @@ def handler(launcher: Launcher, path: str) -> type[BaseHTTPRequestHandler]:
             return self._answer(404, {"error": "GET /runs"})
 
         def log_message(self, fmt: str, *args) -> None:
-            print(f"drift webhook: {self.address_string()} {fmt % args}", flush=True)
+            log.info("drift webhook: %s %s", self.address_string(), fmt % args)
 
     return Handler
 
@@ -139,9 +143,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Runs under `sentimentops drift` (stage_main): a bad argument exits 2 in one line, a taken port 3."""
+    bad = [item for item in [*args.parameters, *args.env] if "=" not in item]
+    if bad:
+        raise UsageError(f"expected KEY=VALUE, got {bad[0]!r} (-p/--parameter, --env)")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be in 0..65535, got {args.port}")
+    if args.template is not None and not args.template.is_file():
+        raise UsageError(f"--template {args.template}: no such file")
     launcher = Launcher(args.run_root, args.parameters, args.env, args.template)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(launcher, args.path.rstrip("/")))
-    print(f"drift webhook: POST http://127.0.0.1:{server.server_address[1]}{args.path}", flush=True)
+    log.info("drift webhook: POST http://127.0.0.1:%d%s", server.server_address[1], args.path)
     # shutdown() waits for serve_forever() to return, so it is called from another thread (never the handler's)
     def shut_down(*_: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

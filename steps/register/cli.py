@@ -1,6 +1,10 @@
 """register: log the model to MLflow as a pyfunc, register a version with its lineage tags, alias it `challenger`,
 and move `champion` only when the promotion policy (sentimentops.steps.register.promotion) says so, recording why.
 
+Inputs are explicit folders: the train, evaluate and version steps' outputs and the dataset the model was trained
+on (its test split checks the int8 ONNX export's accuracy, in the cluster as locally). Every input is read and
+checked before anything is logged: a bad input fails the step (exit 1) with nothing registered.
+
 Idempotent: a version is found again by its content hash, so a re-run after a crash at any point completes the
 same version instead of registering a second one.
 """
@@ -8,34 +12,83 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import math
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, flags, load_settings
-from sentimentops.steps.core.manifests import hash_dir, read_manifest, write_manifest
-from sentimentops.steps.register.promotion import Decision, PolicySettings, decide
-from sentimentops.steps.core.tracking import MODEL_ARTIFACT, MODEL_DIR_KEY, alias_version, configure, mlflow_run
+from sentimentops.steps.core.config import CommonSettings, load_settings, parse_settings
+from sentimentops.steps.core.contract import (
+    DRIFT_REFERENCE_FILE,
+    DRIFT_REFERENCE_KEY,
+    MODEL_ARTIFACT,
+    MODEL_DIR_KEY,
+    ONNX_KEY,
+)
+from sentimentops.steps.core.errors import DataError, stage_main
+from sentimentops.steps.core.logs import emit, get_logger
+from sentimentops.steps.core.manifests import (
+    EvaluateManifest,
+    TrainManifest,
+    VersionManifest,
+    hash_dir,
+    read_manifest,
+    write_manifest,
+)
+from sentimentops.steps.core.tracking import alias_version, configure, mlflow_run
+from sentimentops.steps.register.promotion import Decision, EvalMetrics, PolicySettings, decide
 
+log = get_logger("sentimentops.register")
 PYFUNC_CODE = Path(__file__).parent / "pyfunc_model.py"
 # Explicit requirements: MLflow would otherwise infer them (~9 s) and look for torchvision
 # (docs/measurements.md, MLflow).
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "pandas", "mlflow")
+TEST_SPLIT = "test.parquet"  # the ingest step's held-out split (steps/ingest.py writes <split>.parquet)
+METRIC_TAGS = ("accuracy", "f1", "roc_auc")  # each version carries test_<metric> tags (its own test rows)
 
 
 class RegisterSettings(CommonSettings):
     section: ClassVar[str] = "register"
-    policy: PolicySettings = Field(default_factory=PolicySettings)
+    policy: PolicySettings = Field(
+        default_factory=PolicySettings,
+        description="The promotion policy as JSON: baseline_accuracy, min_gain_over_baseline, "
+        "min_gain_over_champion, max_f1_drop.")
     baseline_accuracy: float | None = Field(None, description="Shortcut for policy.baseline_accuracy.")
     champion_moves_at: Literal["register", "rollout"] = Field(
         "register", description="register: the policy moves `champion` here (local profile, no canary); rollout: "
         "a passing policy only makes the version eligible, and the canary rollout moves `champion` once the "
         "canary proved itself (gke profile).")
+
+    def effective_policy(self) -> PolicySettings:
+        if self.baseline_accuracy is None:
+            return self.policy
+        return self.policy.model_copy(update={"baseline_accuracy": self.baseline_accuracy})
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The step's inputs, read and checked before anything is logged or registered."""
+
+    model_dir: Path
+    train: TrainManifest
+    evaluation_dir: Path
+    evaluation: EvaluateManifest
+    version: VersionManifest
+    eval_set: Path | None
+
+
+@dataclass(frozen=True)
+class Registered:
+    version: str
+    run_id: str
+    model_hash: str
+    decision: Decision
+    champion_version: str | None
+    policy: PolicySettings
 
 
 def pip_requirements() -> list[str]:
@@ -49,128 +102,169 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def eval_set_for(model_out: Path, train) -> Path | None:
-    """The test split of the dataset this model was trained on, found by content hash among the run's step
-    outputs (the local runner's layout); SENTIMENTOPS_EXPORT_EVAL_SET overrides it (in the cluster)."""
-    wanted = train.inputs.get("dataset")
-    run_dir = model_out.resolve().parents[2] if len(model_out.resolve().parents) > 2 else None
-    if not wanted or run_dir is None:
+def test_split_of(dataset: Path | None, train: TrainManifest) -> Path | None:
+    """The dataset's test split, after checking it is the dataset the model was trained on (same content hash as
+    the train step recorded): an ONNX accuracy measured on other rows would prove nothing."""
+    if dataset is None:
         return None
-    for candidate in sorted(run_dir.glob("*/outputs/*/test.parquet")):
-        if hash_dir(candidate.parent) == wanted:
-            return candidate
-    return None
+    split = Path(dataset) / TEST_SPLIT
+    if not split.is_file():
+        raise DataError(f"{dataset} has no {TEST_SPLIT}: expected the ingest step's output folder (--dataset)")
+    wanted = train.inputs.get("dataset")
+    if wanted and (found := hash_dir(dataset)) != wanted:
+        raise DataError(f"{dataset} is not the dataset the model was trained on (content {found[:19]}..., the "
+                        f"train step recorded {wanted[:19]}...)")
+    return split
 
 
-def export_onnx(model_out: Path, train, dest: Path) -> Path | None:
-    """ONNX export + int8 with its accuracy check (sentimentops.steps.register.onnx_export) into `dest` (a scratch folder: the train
-    step's output must keep its hash, or the runner would stop reusing it)."""
+def read_inputs(model_out: Path, evaluation: Path, version_out: Path, dataset: Path | None) -> Inputs:
+    train = read_manifest(model_out, TrainManifest)
+    if not (model_out / "model").is_dir():
+        raise DataError(f"{model_out} has no model/ folder: the train step's output is incomplete")
+    return Inputs(model_dir=model_out / "model", train=train, evaluation_dir=evaluation,
+                  evaluation=read_manifest(evaluation, EvaluateManifest),
+                  version=read_manifest(version_out, VersionManifest), eval_set=test_split_of(dataset, train))
+
+
+def export_onnx(inputs: Inputs, dest: Path) -> Path | None:
+    """ONNX export + int8 with its accuracy check (sentimentops.steps.register.onnx_export) into `dest` (a scratch
+    folder: the train step's output must keep its hash, or the runner would stop reusing it)."""
     from sentimentops.steps.register.onnx_export import ExportSettings, export_and_check
 
     settings = load_settings(ExportSettings)
     if not settings.enabled:
         return None
-    eval_set = settings.eval_set or eval_set_for(model_out, train)
-    report = export_and_check(model_out / "model", dest / "onnx", settings, eval_set=eval_set)
-    print(f"register: ONNX {report.backend}: accuracy fp32 {report.accuracy_fp32} int8 {report.accuracy_int8} "
-          f"(drop {report.drop_points} points, bound {report.max_drop_points}) on {report.eval_rows} rows "
-          f"of {report.eval_set or 'no evaluation set'}", flush=True)
+    eval_set = settings.eval_set or inputs.eval_set
+    report = export_and_check(inputs.model_dir, dest / "onnx", settings, eval_set=eval_set)
+    log.info("ONNX %s: accuracy fp32 %s int8 %s (drop %s points, bound %s) on %s rows of %s", report.backend,
+             report.accuracy_fp32, report.accuracy_int8, report.drop_points, report.max_drop_points,
+             report.eval_rows, report.eval_set or "no evaluation set")
     return dest / "onnx"
 
 
-def find_version(client, name: str, model_hash: str):
+def find_version(client: Any, name: str, model_hash: str) -> Any:
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.tags.get("model_hash") == model_hash:
             return client.get_model_version(name, version.version)  # aliases are empty in search results on sqlite
     return None
 
 
-def register(model_out: Path, evaluation: Path, version_out: Path, settings: RegisterSettings) -> dict:
+def challenger_metrics(evaluation: EvaluateManifest) -> EvalMetrics:
+    m = evaluation.metrics
+    return EvalMetrics(accuracy=m.test_accuracy, f1=m.test_f1, roc_auc=m.test_roc_auc)
+
+
+def champion_metrics(evaluation: EvaluateManifest, champion: Any) -> EvalMetrics | None:
+    """The current champion's metrics: evaluate's, measured on the same test rows, when evaluate scored this very
+    version; else (no comparison made, or champion moved since) the version's own `test_*` tags from MLflow."""
+    if champion is None:
+        return None
+    m = evaluation.metrics
+    if evaluation.refs.champion_version == str(champion.version) and m.champion_test_accuracy is not None:
+        nan = math.nan
+        return EvalMetrics(accuracy=m.champion_test_accuracy, f1=nan if m.champion_test_f1 is None else
+                           m.champion_test_f1, roc_auc=nan if m.champion_test_roc_auc is None else m.champion_test_roc_auc)
+    log.warning("champion is version %s, evaluate scored %s: comparing with the champion's registry metrics "
+                "(measured on its own test rows)", champion.version, evaluation.refs.champion_version or "none")
+    return EvalMetrics.from_mapping(champion.tags or {}, prefix="test_")
+
+
+def register_version(client: Any, inputs: Inputs, settings: RegisterSettings, model_hash: str) -> Any:
+    """Logs the pyfunc to the training run and registers it with its lineage tags in one call."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    name, run_id, challenger = settings.registered_model, inputs.train.refs.mlflow_run_id, inputs.evaluation.metrics
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+                               outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability")]))
+    artifacts = {MODEL_DIR_KEY: str(inputs.model_dir)}
+    reference = inputs.evaluation_dir / DRIFT_REFERENCE_FILE
+    if reference.is_file():  # the drift monitor's reference travels with the model
+        artifacts[DRIFT_REFERENCE_KEY] = str(reference)
+    with tempfile.TemporaryDirectory(prefix="register-onnx-") as scratch:
+        onnx_dir = export_onnx(inputs, Path(scratch))  # the CPU serving fast path travels along
+        if onnx_dir is not None:
+            artifacts[ONNX_KEY] = str(onnx_dir)
+        with mlflow_run(settings, run_id=run_id):
+            info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts=artifacts,
+                                           pip_requirements=pip_requirements(), signature=signature)
+    tags = {"model_hash": model_hash, "mlflow_run_id": run_id, "git_sha": inputs.train.git_sha,
+            "dataset.dvc_md5": inputs.version.refs.dvc_md5,
+            "base_model": str(inputs.train.params.base_model_used or ""),
+            "run.reason": settings.run_reason, "workflow": settings.workflow_name,
+            **{f"test_{k}": f"{challenger[f'test_{k}']:.6f}" for k in METRIC_TAGS}}
+    # Tags go in with the version in one call: a crash can never leave an untagged (half-registered) version.
+    created = mlflow.register_model(info.model_uri, name, tags=tags)
+    log.info("%s version %s from run %s", name, created.version, run_id)
+    return client.get_model_version(name, created.version)
+
+
+def register(model_out: Path, evaluation: Path, version_out: Path, settings: RegisterSettings,
+             dataset: Path | None = None) -> Registered:
+    inputs = read_inputs(model_out, evaluation, version_out, dataset)  # every input checked before MLflow
     client = configure(settings)
     name = settings.registered_model
-    train = read_manifest(model_out)
-    run_id = train.refs["mlflow_run_id"]
-    metrics = json.loads((evaluation / "metrics.json").read_text())
-    challenger, champion = metrics["challenger"], metrics["champion"]
-    model_hash = hash_dir(model_out / "model")
+    model_hash = hash_dir(inputs.model_dir)
     existing = find_version(client, name, model_hash)
     if existing is None:
-        import mlflow
-        from mlflow.models import ModelSignature
-        from mlflow.types import ColSpec, Schema
-
-        signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
-                                   outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability")]))
-        artifacts = {MODEL_DIR_KEY: str(model_out / "model")}
-        if (evaluation / "drift_reference.json").is_file():  # the drift monitor's reference travels with the model
-            artifacts["drift_reference"] = str(evaluation / "drift_reference.json")
-        with tempfile.TemporaryDirectory(prefix="register-onnx-") as scratch:
-            onnx_dir = export_onnx(model_out, train, Path(scratch))  # the CPU serving fast path travels along
-            if onnx_dir is not None:
-                artifacts["onnx"] = str(onnx_dir)
-            with mlflow_run(settings, run_id=run_id):
-                info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
-                                               artifacts=artifacts,
-                                               pip_requirements=pip_requirements(), signature=signature)
-        tags = {"model_hash": model_hash, "mlflow_run_id": run_id, "git_sha": train.git_sha,
-                "dataset.dvc_md5": read_manifest(version_out).refs.get("dvc_md5", ""),
-                "base_model": str(train.params.get("base_model_used", "")),
-                "run.reason": settings.run_reason, "workflow": settings.workflow_name,
-                **{f"test_{k}": f"{challenger[k]:.6f}" for k in ("accuracy", "f1", "roc_auc")}}
-        # Tags go in with the version in one call: a crash can never leave an untagged (half-registered) version.
-        created = mlflow.register_model(info.model_uri, name, tags=tags)
-        existing = client.get_model_version(name, created.version)
-        print(f"register: {name} version {existing.version} from run {run_id}", flush=True)
+        existing = register_version(client, inputs, settings, model_hash)
     else:
-        print(f"register: {name} version {existing.version} already holds this model (hash {model_hash[:19]}...)")
-    version = existing.version
+        log.info("%s version %s already holds this model (hash %s...)", name, existing.version, model_hash[:19])
+    version = str(existing.version)
     client.set_registered_model_alias(name, "challenger", version)
     current = alias_version(settings, "champion")
-    policy = settings.policy.model_copy(update={"baseline_accuracy": settings.baseline_accuracy}
-                                        if settings.baseline_accuracy is not None else {})
-    decision = decide(challenger, champion, policy,
-                      challenger_is_champion=current is not None and current.version == version)
+    policy = settings.effective_policy()
+    is_champion = current is not None and str(current.version) == version  # a re-run after the alias moved
+    champion = None if is_champion else champion_metrics(inputs.evaluation, current)
+    decision = decide(challenger_metrics(inputs.evaluation), champion, policy, challenger_is_champion=is_champion)
     client.set_model_version_tag(name, version, "promotion.decision", "promote" if decision.promote else "keep")
     client.set_model_version_tag(name, version, "promotion.reasons", decision.summary())
     if decision.promote and settings.champion_moves_at == "register":
         client.set_registered_model_alias(name, "champion", version)
-    print(f"register: {decision.summary()}", flush=True)
+    log.info("%s", decision.summary())
     champion_now = alias_version(settings, "champion")
-    return {"version": str(version), "run_id": run_id, "decision": decision, "model_hash": model_hash,
-            "champion_version": str(champion_now.version) if champion_now else None,
-            "policy": policy.model_dump()}
+    return Registered(version=version, run_id=inputs.train.refs.mlflow_run_id, model_hash=model_hash,
+                      decision=decision, champion_version=str(champion_now.version) if champion_now else None,
+                      policy=policy)
 
 
-def write_outputs(out: Path, result: dict, decision: Decision) -> None:
+def decision_record(result: Registered) -> dict[str, Any]:
+    return {"version": result.version, "champion_version": result.champion_version,
+            "decision": asdict(result.decision), "policy": result.policy.model_dump()}
+
+
+def write_outputs(out: Path, result: Registered) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    record = {"version": result["version"], "champion_version": result["champion_version"],
-              "decision": asdict(decision), "policy": result["policy"]}
-    (out / "decision.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "decision.json").write_text(json.dumps(decision_record(result), indent=2) + "\n")
     # An Argo output parameter (valueFrom.path): the rollout is chained on `promoted == true`.
-    (out / "promoted").write_text("true" if decision.promote else "false")
+    (out / "promoted").write_text("true" if result.decision.promote else "false")
 
 
+def add_folders(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="The train step's output folder.")
+    parser.add_argument("--evaluation", type=Path, required=True, help="The evaluate step's output folder.")
+    parser.add_argument("--version", type=Path, required=True, help="The version step's output folder.")
+    parser.add_argument("--dataset", type=Path, required=True,
+                        help="The ingest step's output folder, the dataset the model was trained on: its test "
+                        "split checks the int8 ONNX export's accuracy.")
+    parser.add_argument("--out", type=Path, required=True, help="Output folder (decision.json, promoted).")
+
+
+@stage_main("register")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sentimentops register", description=__doc__)
-    parser.add_argument("--model", type=Path, required=True, help="the train step's output folder")
-    parser.add_argument("--evaluation", type=Path, required=True)
-    parser.add_argument("--version", type=Path, required=True)
-    parser.add_argument("--baseline-accuracy", type=float)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings(RegisterSettings, flags(args, "baseline_accuracy"))
-    try:
-        result = register(args.model, args.evaluation, args.version, settings)
-    except (FileNotFoundError, KeyError) as err:
-        print(f"register: missing input: {err}", file=sys.stderr)
-        return 2
-    write_outputs(args.out, result, result["decision"])
+    settings, args = parse_settings(RegisterSettings, argv, prog="sentimentops register",
+                                    description=__doc__, add_arguments=add_folders)
+    result = register(args.model, args.evaluation, args.version, settings, dataset=args.dataset)
+    write_outputs(args.out, result)
+    # The manifest is written last: its presence marks a complete output folder.
     write_manifest(args.out, "register",
-                   inputs={"model": args.model, "evaluation": args.evaluation, "version": args.version},
+                   inputs={"model": args.model, "evaluation": args.evaluation, "version": args.version,
+                           "dataset": args.dataset},
                    outputs={"decision": "decision.json", "promoted": "promoted"},
-                   params={"policy": result["policy"]},
-                   refs={"registered_model": settings.registered_model, "model_version": result["version"],
-                         "mlflow_run_id": result["run_id"], "model_hash": result["model_hash"],
-                         "champion_version": result["champion_version"],
-                         "promoted": result["decision"].promote})
+                   params={"policy": result.policy.model_dump()},
+                   refs={"registered_model": settings.registered_model, "model_version": result.version,
+                         "mlflow_run_id": result.run_id, "model_hash": result.model_hash,
+                         "champion_version": result.champion_version, "promoted": result.decision.promote})
+    emit(json.dumps(decision_record(result)))
     return 0

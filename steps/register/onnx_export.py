@@ -16,17 +16,26 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, load_settings
+from sentimentops.steps.core.config import CommonSettings, parse_settings
+from sentimentops.steps.core.contract import (
+    EXPORT_REPORT_FILE,
+    MAX_TOKENS,
+    ONNX_MODEL_FILE,
+    ExportReport,
+    class_ids_of,
+)
+from sentimentops.steps.core.errors import DataError, stage_main
+from sentimentops.steps.core.logs import emit
 
-EXPORT_FILE = "model.onnx"
-REPORT_FILE = "export.json"
+# The folder's layout (ONNX_MODEL_FILE + EXPORT_REPORT_FILE) and ExportReport are the contract's: the predictor
+# reads them through contract.ModelFolder without importing this stage.
 OPSET = 17
 
 
@@ -38,25 +47,7 @@ class ExportSettings(CommonSettings):
     eval_set: Path | None = Field(None, description="Parquet with text/label for the accuracy check; default: "
                                                     "the test split of the dataset the model was trained on.")
     eval_rows: int = Field(1000, description="At most this many rows of the evaluation set (stratified head).")
-    max_tokens: int = Field(512, description="Truncation for the check: what the predictor serves.")
-
-
-@dataclass
-class ExportReport:
-    precision: str                  # int8 | fp32: what model.onnx holds
-    accuracy_fp32: float | None
-    accuracy_int8: float | None
-    drop_points: float | None       # (fp32 - int8) * 100
-    max_drop_points: float
-    int8_accepted: bool
-    eval_set: str
-    eval_rows: int
-    seconds: float
-    note: str = ""
-
-    @property
-    def backend(self) -> str:
-        return f"onnx-{self.precision}"
+    max_tokens: int = Field(MAX_TOKENS, description="Truncation for the check: what the predictor serves.")
 
 
 def _heads_and_width(config: dict) -> tuple[int, int]:
@@ -156,7 +147,7 @@ def export_and_check(model_dir: Path, out: Path, settings: ExportSettings,
                                   0.0, note="no evaluation set: int8 not measured, fp32 kept")
         else:
             texts, labels = load_eval_set(Path(eval_set), settings.eval_rows)
-            acc = {name: float(((score(path, model_dir, texts, settings.max_tokens) >= 0.5) == labels).mean())
+            acc = {name: float((class_ids_of(score(path, model_dir, texts, settings.max_tokens)) == labels).mean())
                    for name, path in (("fp32", fp32), ("int8", int8))}
             accepted, drop = int8_accepted(acc["fp32"], acc["int8"], settings.max_drop_points)
             report = ExportReport("int8" if accepted else "fp32", acc["fp32"], acc["int8"], drop,
@@ -166,32 +157,25 @@ def export_and_check(model_dir: Path, out: Path, settings: ExportSettings,
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        shutil.copyfile(int8 if report.precision == "int8" else fp32, out / EXPORT_FILE)
+        shutil.copyfile(int8 if report.precision == "int8" else fp32, out / ONNX_MODEL_FILE)
     report.seconds = round(time.perf_counter() - start, 2)
-    (out / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n")
+    (out / EXPORT_REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report
 
 
-def read_report(folder: Path) -> ExportReport | None:
-    path = Path(folder) / REPORT_FILE
-    if not path.is_file():
-        return None
-    return ExportReport(**json.loads(path.read_text()))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sentimentops.steps.register.onnx_export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="a Hugging Face model folder")
-    parser.add_argument("--eval-set", type=Path)
-    parser.add_argument("--max-drop-points", type=float)
-    parser.add_argument("--eval-rows", type=int)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings(ExportSettings, {"eval_set": args.eval_set, "max_drop_points": args.max_drop_points,
-                                              "eval_rows": args.eval_rows})
+    parser.add_argument("--out", type=Path, required=True, help="output folder: model.onnx and export.json")
+
+
+@stage_main("export")
+def main(argv: list[str] | None = None) -> int:
+    settings, args = parse_settings(ExportSettings, argv, prog="python -m sentimentops.steps.register.onnx_export",
+                                    description=__doc__, add_arguments=_arguments)
+    if not args.model.is_dir():
+        raise DataError(f"--model {args.model}: no such model folder")
     report = export_and_check(args.model, args.out, settings)
-    print(json.dumps(asdict(report), indent=2))
+    emit(json.dumps(asdict(report), indent=2))
     return 0
 
 

@@ -7,6 +7,7 @@ not, so the decision can be read back from the model registry.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
@@ -18,6 +19,31 @@ class PolicySettings(BaseModel):
     min_gain_over_champion: float = Field(0.0, ge=-1, le=1,
                                           description="Accuracy gain over the champion required to replace it.")
     max_f1_drop: float = Field(0.01, ge=0, description="F1 may fall at most this much below the champion's.")
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """What the policy compares, for one model on the held-out test rows (evaluate's `test_*` metrics).
+
+    NaN marks a metric that is missing or could not be measured: the policy treats it as such (never as 0)."""
+
+    accuracy: float
+    f1: float
+    roc_auc: float = math.nan
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object], prefix: str = "") -> EvalMetrics:
+        """From `{prefix}accuracy`, `{prefix}f1`, `{prefix}roc_auc` (an evaluate manifest's metrics with prefix
+        `test_`, a registry version's tags); a missing or non-numeric value is NaN."""
+
+        def number(key: str) -> float:
+            value = values.get(prefix + key)
+            try:
+                return float(value) if value is not None else math.nan  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return math.nan
+
+        return cls(accuracy=number("accuracy"), f1=number("f1"), roc_auc=number("roc_auc"))
 
 
 @dataclass
@@ -38,11 +64,11 @@ def _finite(*values: float) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
-def decide(challenger: dict[str, float], champion: dict[str, float] | None, policy: PolicySettings,
+def decide(challenger: EvalMetrics, champion: EvalMetrics | None, policy: PolicySettings,
            *, challenger_is_champion: bool = False) -> Decision:
-    """challenger/champion: {"accuracy": ..., "f1": ...} on the same test rows; champion None if there is none."""
+    """challenger/champion: metrics on the same test rows; champion None if there is none."""
     decision = Decision(promote=False)
-    acc, f1 = challenger.get("accuracy", math.nan), challenger.get("f1", math.nan)
+    acc, f1 = challenger.accuracy, challenger.f1
     if not _finite(acc, f1):
         decision.checks["metrics_valid"] = False
         decision.reasons.append("challenger metrics are missing or not finite")
@@ -64,7 +90,7 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, poli
         decision.promote = True
         decision.reasons.append("no champion yet")
         return decision
-    champ_acc, champ_f1 = champion.get("accuracy", math.nan), champion.get("f1", math.nan)
+    champ_acc, champ_f1 = champion.accuracy, champion.f1
     if not _finite(champ_acc, champ_f1):
         decision.promote = True
         decision.reasons.append("the champion could not be scored on these test rows")

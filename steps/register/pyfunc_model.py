@@ -1,5 +1,7 @@
 """The MLflow pyfunc logged at registration (MLflow "models from code": this file is copied into the model, so
-loading it needs neither this package nor cloudpickle). It wraps the saved Hugging Face folder.
+loading it needs no cloudpickle). It wraps the saved Hugging Face folder. It imports the contract (labels, token
+limit, artifact key), so the environment that loads it needs this package installed: the register and serve images
+and the project's venv do.
 
 Input: a DataFrame with a `text` column (or a list of strings). Output: a DataFrame with `label` (negative/positive)
 and `probability` (of positive).
@@ -10,12 +12,14 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from sentimentops.steps.core.contract import MAX_TOKENS, MODEL_DIR_KEY, labels_of
+
 
 class SentimentPyfunc(PythonModel):
     def load_context(self, context) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        folder = context.artifacts["model_dir"]
+        folder = context.artifacts[MODEL_DIR_KEY]
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
 
@@ -23,10 +27,10 @@ class SentimentPyfunc(PythonModel):
         import torch
 
         texts = model_input["text"].tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
-        batch = self.tokenizer(texts, truncation=True, max_length=512, padding=True, return_tensors="pt")
+        batch = self.tokenizer(texts, truncation=True, max_length=MAX_TOKENS, padding=True, return_tensors="pt")
         with torch.inference_mode():
             probs = torch.softmax(self.model(**batch).logits.float(), dim=-1)[:, 1].numpy()
-        return pd.DataFrame({"label": ["positive" if p >= 0.5 else "negative" for p in probs], "probability": probs})
+        return pd.DataFrame({"label": labels_of(probs), "probability": probs})
 
 
 mlflow.models.set_model(SentimentPyfunc())

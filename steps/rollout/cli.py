@@ -17,14 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.config import CommonSettings, add_settings_flags, settings_from_args
+from sentimentops.steps.core.errors import DataError, UsageError, stage_main
+from sentimentops.steps.core.logs import emit, get_logger
 from sentimentops.steps.rollout.policy import RolloutPolicy
+
+log = get_logger(__name__)
 
 DEFAULT_CLUSTER_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 
@@ -44,7 +47,8 @@ def seconds(text: str | float) -> float:
 
 class RolloutSettings(CommonSettings):
     section: ClassVar[str] = "rollout"
-    target: str = Field("", description="kserve | local; empty: kserve under the gke profile, else local.")
+    target: Literal["", "kserve", "local"] = Field(
+        "", description="kserve | local; empty: kserve under the gke profile, else local.")
     canary_percent: int = Field(10, ge=0, le=100, description="Share of traffic for the canary (runbook: 10).")
     soak: str = Field("30m", description="How long the canary must prove itself (runbook: 30 minutes).")
     interval: str = Field("1m", description="Analysis interval, also the PromQL window of each analysis.")
@@ -54,7 +58,8 @@ class RolloutSettings(CommonSettings):
     version_label: str = Field("model_version", description="Label carrying the model version on every series.")
     inference_service: str = Field("sentiment", description="InferenceService name (kserve).")
     namespace: str = Field("", description="Its namespace; empty: the pod's own (in-cluster).")
-    mode: str = Field("auto", description="auto (from the deploymentMode annotation) | serverless | raw.")
+    mode: Literal["auto", "serverless", "raw"] = Field(
+        "auto", description="auto (from the deploymentMode annotation) | serverless | raw.")
     artifacts_destination: str = Field("", description="MLflow server's --artifacts-destination (gs://...): maps "
                                        "mlflow-artifacts:/ download URIs to a storageUri KServe can read.")
     local_dir: str = Field("{home}/rollout/local", description="Local target: state, logs, Prometheus TSDB.")
@@ -63,7 +68,8 @@ class RolloutSettings(CommonSettings):
     load_source: str = Field("../shared/data/imdb/sample_test.parquet", description="Local target: reviews "
                              "to replay (parquet/JSONL with `text`; missing: the demo reviews).")
     seed: int = Field(0, description="Router split and load order.")
-    policy: RolloutPolicy = Field(default_factory=RolloutPolicy)
+    policy: RolloutPolicy = Field(default_factory=RolloutPolicy, description="The canary comparison's thresholds "
+                                  "as JSON (steps/rollout/policy.py RolloutPolicy; defaults: the runbook).")
 
 
 def build_target(settings: RolloutSettings, canary_env: dict[str, str]):
@@ -119,27 +125,18 @@ def write_out(out: Path | None, state, command: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    """`sentimentops rollout`: each sub-command takes the sub-command's own arguments plus one flag per
+    RolloutSettings field (`sentimentops rollout run --help` lists them)."""
     p = argparse.ArgumentParser(prog="sentimentops rollout", description=__doc__,
+                                epilog="Every sub-command takes the rollout settings as flags, each with its "
+                                "description: sentimentops rollout <command> --help.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--target", choices=["kserve", "local"])
-    common.add_argument("--canary-percent", type=int)
-    common.add_argument("--soak", help="e.g. 30m (default), 60s")
-    common.add_argument("--interval", help="e.g. 1m (default), 10s")
-    common.add_argument("--ready-timeout")
-    common.add_argument("--prometheus-url")
-    common.add_argument("--inference-service")
-    common.add_argument("--namespace")
-    common.add_argument("--mode", choices=["auto", "serverless", "raw"])
-    common.add_argument("--artifacts-destination")
-    common.add_argument("--local-dir")
-    common.add_argument("--load-rps", type=float)
-    common.add_argument("--load-source")
-    common.add_argument("--seed", type=int)
     common.add_argument("--canary-env", action="append", default=[], metavar="KEY=VALUE",
                         help="local target: extra environment for the canary predictor (fault injection)")
     common.add_argument("--out", type=Path, help="output folder: decision, state.json, manifest.json")
+    add_settings_flags(common, RolloutSettings)
     for name in ("deploy", "run"):
         s = sub.add_parser(name, parents=[common])
         s.add_argument("--model", default="challenger", help="MLflow alias or version number (default: challenger)")
@@ -154,15 +151,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _canary_env(items: list[str]) -> dict[str, str]:
+    bad = [kv for kv in items if "=" not in kv]
+    if bad:
+        raise UsageError(f"--canary-env expects KEY=VALUE, got {bad[0]!r}")
+    return dict(kv.split("=", 1) for kv in items)
+
+
+def _registry_error(err: Exception) -> Exception:
+    """An MLflow failure as the exit table sees it: no such model, alias or version is a data error (1)."""
+    missing = getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+    return DataError(f"model registry: {err}") if missing else err
+
+
+@stage_main("rollout")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    overrides = flags(args, "target", "canary_percent", "soak", "interval", "ready_timeout", "prometheus_url",
-                      "inference_service", "namespace", "mode", "artifacts_destination", "local_dir", "load_rps",
-                      "load_source", "seed")
-    settings = load_settings(RolloutSettings, overrides)
+    settings = settings_from_args(RolloutSettings, args)
     if not settings.target:
         settings = settings.model_copy(update={"target": "kserve" if settings.profile == "gke" else "local"})
-    canary_env = dict(kv.split("=", 1) for kv in args.canary_env)
+    canary_env = _canary_env(args.canary_env)
+    from mlflow.exceptions import MlflowException
+
     from sentimentops.steps.rollout.controller import RolloutError
 
     try:
@@ -171,16 +181,19 @@ def main(argv: list[str] | None = None) -> int:
         controller = build_controller(settings, canary_env)
         if args.command == "status":
             state = controller.target.load_state()
-            print(state.to_json() if state else "no rollout recorded")
+            emit(state.to_json() if state else "no rollout recorded")
             return 0
         state = {"deploy": lambda: controller.deploy(args.model), "run": lambda: controller.run(args.model),
                  "analyse": controller.analyse, "analyze": controller.analyse, "promote": controller.promote,
                  "rollback": lambda: controller.rollback(args.reason)}[args.command]()
-    except (RolloutError, ValueError, FileNotFoundError, TimeoutError) as err:
-        print(f"rollout: {err}", file=sys.stderr)
-        return 2
+    except (RolloutError, ValueError) as err:  # out of order (no state, no decision), a bad duration: usage, 2
+        if isinstance(err, UsageError | DataError):
+            raise
+        raise UsageError(str(err)) from err
+    except MlflowException as err:
+        raise _registry_error(err) from err
     write_out(args.out, state, args.command)
-    print(f"rollout: version {state.candidate_version}: {state.phase}"
+    emit(f"rollout: version {state.candidate_version}: {state.phase}"
           + (f" ({state.decision}: {state.reason})" if state.decision else ""))
     return 0
 
@@ -192,12 +205,12 @@ def local_command(settings: RolloutSettings, args: argparse.Namespace) -> int:
     target = LocalTarget(Path(settings.local_dir), settings.registered_model, seed=settings.seed)
     if args.action == "down":
         target.down()
-        print(f"rollout: local processes under {target.folder} stopped")
+        emit(f"rollout: local processes under {target.folder} stopped")
     elif args.action == "up":
         version, _ = Registry(settings).resolve(args.stable)
         data = target.up(version)
-        print(f"rollout: local stable version {version}: router {data['router']['url']}, "
+        emit(f"rollout: local stable version {version}: router {data['router']['url']}, "
               f"prometheus {data['prometheus']['url']}")
     else:
-        print(json.dumps(target.read(), indent=2))
+        emit(json.dumps(target.read(), indent=2))
     return 0

@@ -15,10 +15,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.rollout.analysis import Probe, PrometheusError
 from sentimentops.steps.rollout.policy import RolloutPolicy, Verdict, decide, judge
 from sentimentops.steps.rollout.registry import Registry
 from sentimentops.steps.rollout.state import ACTIVE, FINAL, RolloutState, now_iso
+
+log = get_logger("sentimentops.rollout")
 
 
 class RolloutError(RuntimeError):
@@ -58,7 +61,7 @@ class Controller:
     canary_percent: int = 10
     sleep: Callable[[float], None] = time.sleep
     crash_hook: Callable[[str], None] = lambda point: None  # tests: raise at a named point, like a killed pod
-    say: Callable[[str], None] = lambda line: print(f"rollout: {line}", flush=True)
+    say: Callable[[str], None] = lambda line: log.info("rollout: %s", line)
 
     # ---- deploy ------------------------------------------------------------------------------------------------
     def deploy(self, ref: str) -> RolloutState:

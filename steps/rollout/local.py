@@ -24,11 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sentimentops.steps.core.client import free_port, sentimentops
+from sentimentops.steps.core.logs import emit
 from sentimentops.steps.core.processes import alive, spawn, stop
 from sentimentops.steps.rollout.analysis import Prometheus, PrometheusError
 from sentimentops.steps.rollout.load import LoadGenerator, load_reviews
 from sentimentops.steps.rollout.state import RolloutState, now_iso
-from sentimentops.steps.core.client import free_port, sentimentops
 
 PROMETHEUS_CONFIG = """global:
   scrape_interval: {scrape}
@@ -262,4 +263,5 @@ class LocalTarget:
             yield generator
         finally:
             summary = generator.stop()
-            print(f"rollout: local load during the soak: {summary}", flush=True)
+            # a measured result of the soak (docs: the runbook quotes it), so stdout, not the log
+            emit(f"rollout: local load during the soak: {summary}")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from aiohttp import ClientSession, ClientTimeout, web
 
+from sentimentops.steps.core.errors import UsageError, stage_main
+
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 
 
@@ -86,12 +88,17 @@ def make_app(state_file: Path, seed: int = 0) -> web.Application:
     return app
 
 
+@stage_main("rollout-router")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sentimentops.steps.rollout.router", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--state", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    """The router process (started by the local target, steps/rollout/local.py): its arguments are not settings."""
+    parser = argparse.ArgumentParser(prog="python -m sentimentops.steps.rollout.router",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
+    parser.add_argument("--state", type=Path, required=True, help="the local target's state file (its routes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the canary split (default: 0)")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be in 0..65535, got {args.port}")
     web.run_app(make_app(args.state, args.seed), host="127.0.0.1", port=args.port, print=None,
                 access_log=None, handle_signals=True)
     return 0

@@ -10,7 +10,6 @@ InferenceService see the same protocol.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sentimentops.steps.core.contract import label_of
+from sentimentops.steps.core.logs import get_logger
+from sentimentops.steps.core.psi import RECORD_DECIMALS
 from sentimentops.steps.serve import faults
 from sentimentops.steps.serve.errors import (
     InvalidInput,
@@ -34,7 +36,7 @@ from sentimentops.steps.serve.errors import (
 from sentimentops.steps.serve.metrics import CONTENT_TYPE, Metrics
 from sentimentops.steps.serve.model import SentimentModel, check_texts, parse_instances
 
-log = logging.getLogger("sentimentops.serve.app")
+log = get_logger("sentimentops.serve.app")
 JSON_TYPES = ("application/json", "application/*+json")
 
 TEXT_ITEM = {"oneOf": [{"type": "string", "minLength": 1},
@@ -78,7 +80,8 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     declared_size = int(declared) if declared is not None and declared.isdigit() else None
     if declared_size is not None and declared_size > DRAIN_LIMIT_BYTES:
         raise PayloadTooLarge(f"body of {declared} bytes: at most {max_bytes}")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     too_large = declared_size is not None and declared_size > max_bytes
     async for chunk in request.stream():
         size += len(chunk)
@@ -138,7 +141,7 @@ def parse_v2(payload: Any) -> tuple[list[str], str | None, list[str]]:
 
 
 def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: bool = True) -> FastAPI:
-    state = {"draining": False, "load_error": None}
+    state: dict[str, bool | str | None] = {"draining": False, "load_error": None}
     fault = faults.from_env()  # off unless SENTIMENTOPS_SERVE_FAULT_* is set (canary tests)
 
     def load() -> None:
@@ -201,9 +204,9 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
         texts, request_id, names = parse_v2(payload)
         probs = await model.predict_async(texts)
         tensors = {"label": {"name": "label", "datatype": "BYTES", "shape": [len(texts)],
-                             "data": ["positive" if p >= 0.5 else "negative" for p in probs]},
+                             "data": [label_of(p) for p in probs]},
                    "probability": {"name": "probability", "datatype": "FP32", "shape": [len(texts)],
-                                   "data": [round(float(p), 6) for p in probs]}}
+                                   "data": [round(float(p), RECORD_DECIMALS) for p in probs]}}
         out = {"model_name": model.info.name, "model_version": model.info.version,
                "outputs": [tensors[n] for n in names]}
         if request_id is not None:

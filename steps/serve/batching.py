@@ -23,7 +23,6 @@ refused at once with 503 + Retry-After (errors.Overloaded) instead of growing me
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections import deque
@@ -33,9 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sentimentops.steps.core.backends import Encoded
+from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.serve.errors import Overloaded
 
-log = logging.getLogger("sentimentops.serve.batching")
+log = get_logger("sentimentops.serve.batching")
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class Batcher:
             group, solo = taken
             batch = [t.encoded for t in group]
             try:
-                probs = (self.run_solo if solo else self.run)(batch)
+                probs = (self.run_solo if solo and self.run_solo is not None else self.run)(batch)
             except Exception as exc:
                 log.exception("model call failed for a batch of %d", len(batch))
                 for item in group:

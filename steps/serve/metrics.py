@@ -13,8 +13,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from sentimentops.steps.core.contract import LABELS, MAX_TOKENS, label_of
+
 PROTOCOLS = ("v1", "v2", "predict")
-LABELS = ("negative", "positive")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -32,8 +33,8 @@ class Metrics:
                                     registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.queue_depth = Gauge("sentiment_queue_depth", "Instances waiting for the model.", registry=r)
         self.input_tokens = Histogram("sentiment_input_tokens", "Tokens per instance after truncation.",
-                                      registry=r, buckets=(8, 16, 32, 64, 128, 256, 384, 512))
-        self.truncated = Counter("sentiment_truncated", "Instances cut at the 512-token limit.", registry=r)
+                                      registry=r, buckets=(8, 16, 32, 64, 128, 256, 384, MAX_TOKENS))
+        self.truncated = Counter("sentiment_truncated", f"Instances cut at the {MAX_TOKENS}-token limit.", registry=r)
         self.confidence = Histogram("sentiment_prediction_confidence", "max(p, 1-p) per prediction.",
                                     registry=r, buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
         self.predictions = Counter("sentiment_predictions", "Predictions by label.", ["label"], registry=r)
@@ -65,7 +66,7 @@ class Metrics:
         for p in probs:
             p = float(p)
             self.confidence.observe(max(p, 1 - p))
-            self.predictions.labels("positive" if p >= 0.5 else "negative").inc()
+            self.predictions.labels(label_of(p)).inc()
 
     def set_model(self, name: str, version: str, run_id: str, backend: str) -> None:
         self.model_info.clear()

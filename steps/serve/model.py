@@ -1,6 +1,6 @@
 """The KServe predictor: loads a model folder (a Hugging Face folder, or the registered MLflow pyfunc folder with
-its `model_dir`, `onnx` and `drift_reference` artifacts), picks the backend, warms up, and answers through the
-dynamic batcher. docs/serving.md has the API contract; steps/serve/app.py the HTTP side.
+its `model_dir`, `onnx` and `drift_reference` artifacts, read by core.contract.read_model_folder), picks the backend,
+warms up, and answers through the dynamic batcher. docs/serving.md has the API contract; steps/serve/app.py the HTTP side.
 
 Backend choice (`backend="auto"`): on a machine without a GPU, the ONNX export when the pyfunc folder has one
 (int8 if it passed its accuracy bound at registration, else fp32: export.json says which); torch otherwise (and on
@@ -8,9 +8,7 @@ a GPU). The serve image holds no torch: there the ONNX artifact is required.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,13 +17,15 @@ from typing import Any
 
 import kserve
 import numpy as np
-import yaml
 
-from sentimentops.steps.core.backends import MAX_TOKENS, Encoded, OnnxBackend, TextEncoder, TorchBackend
+from sentimentops.steps.core.backends import Encoded, OnnxBackend, TextEncoder, TorchBackend
+from sentimentops.steps.core.contract import MAX_TOKENS, ModelFolder, label_of, read_model_folder
+from sentimentops.steps.core.logs import get_logger
+from sentimentops.steps.core.psi import RECORD_DECIMALS
 from sentimentops.steps.serve.batching import Batcher, BatchSettings
 from sentimentops.steps.serve.errors import InputTooLong, InvalidInput, NotReady, PayloadTooLarge
 
-log = logging.getLogger("sentimentops.serve")
+log = get_logger("sentimentops.serve")
 WARMUP_TEXT = "warm-up: the first inference allocates the session's buffers"
 
 
@@ -40,48 +40,15 @@ class ModelInfo:
 class Limits:
     max_payload_bytes: int = 1_000_000   # 413 above: ~200 full IMDB reviews of JSON
     max_instances: int = 64              # 413 above: two full batches; larger jobs belong to batch scoring
-    max_tokens: int = MAX_TOKENS         # DistilBERT's positions
+    max_tokens: int = MAX_TOKENS         # DistilBERT's positions (core.contract)
     truncation: str = "truncate"         # truncate | reject (400 for an instance above max_tokens)
 
 
-@dataclass(frozen=True)
-class Artifacts:
-    """Where the pieces of a model folder are: the HF folder (weights + tokenizer), the ONNX export, the drift
-    reference, and the pyfunc's MLflow run id when the folder is a registered model."""
-
-    model_dir: Path
-    onnx_dir: Path | None = None
-    drift_reference: Path | None = None
-    run_id: str = ""
-
-
-def find_artifacts(folder: Path) -> Artifacts:
-    """A pyfunc folder (MLmodel: python_function.artifacts maps each key to its path) or a plain HF folder."""
-    folder = Path(folder)
-    mlmodel = folder / "MLmodel"
-    if mlmodel.is_file():
-        spec = yaml.safe_load(mlmodel.read_text()) or {}
-        mapping = (spec.get("flavors", {}).get("python_function", {}) or {}).get("artifacts") or {}
-
-        def path(key: str) -> Path | None:
-            entry = mapping.get(key)
-            return folder / entry["path"] if entry else None
-
-        model_dir = path("model_dir")
-        if model_dir is None:
-            raise FileNotFoundError(f"{mlmodel}: no `model_dir` artifact in python_function.artifacts")
-        return Artifacts(model_dir, path("onnx"), path("drift_reference"), str(spec.get("run_id") or ""))
-    onnx = folder / "onnx"
-    return Artifacts(folder, onnx if (onnx / "model.onnx").is_file() else None)
-
-
-def choose_backend(artifacts: Artifacts, backend: str, gpu: bool) -> str:
-    from sentimentops.steps.register.onnx_export import read_report
-
+def choose_backend(folder: ModelFolder, backend: str, gpu: bool) -> str:
     if backend != "auto":
         return backend
-    if not gpu and artifacts.onnx_dir is not None and (artifacts.onnx_dir / "model.onnx").is_file():
-        report = read_report(artifacts.onnx_dir)
+    if not gpu and folder.onnx_model is not None:
+        report = folder.export_report
         return report.backend if report is not None else "onnx-fp32"
     return "torch"
 
@@ -138,26 +105,28 @@ class SentimentModel(kserve.Model):
     # -- loading -------------------------------------------------------------------------------------------------
     def load(self) -> bool:
         """Loads encoder + backend, runs a warm-up inference, starts the batcher; ready only after all of it."""
-        artifacts = find_artifacts(self.model_dir)
-        if not self.info.run_id and artifacts.run_id:
-            self.info = ModelInfo(self.info.name, self.info.version, artifacts.run_id)
-        self.encoder = TextEncoder(artifacts.model_dir, self.options.limits.max_tokens)
-        name = choose_backend(artifacts, self.options.backend, gpu_present())
+        folder = read_model_folder(self.model_dir)
+        if not self.info.run_id and folder.run_id:
+            self.info = ModelInfo(self.info.name, self.info.version, folder.run_id)
+        self.encoder = TextEncoder(folder.model_dir, self.options.limits.max_tokens)
+        name = choose_backend(folder, self.options.backend, gpu_present())
         cores = len(os.sched_getaffinity(0))
         if name.startswith("onnx"):
-            if artifacts.onnx_dir is None:
+            if folder.onnx_dir is None:
                 raise FileNotFoundError(f"{self.model_dir}: backend {name} asked for, but no ONNX artifact")
             # one single-threaded call per core (steps/serve/batching.py says why); one session serves them all,
             # and a second one on all cores serves a lone request on an idle server (the solo path)
             workers = self.options.workers or cores
             threads = self.options.threads or max(1, cores // workers)
-            onnx = artifacts.onnx_dir / "model.onnx"
-            self.backend = OnnxBackend(onnx, artifacts.model_dir, name, threads)
+            onnx = folder.onnx_model
+            if onnx is None:
+                raise FileNotFoundError(f"{folder.onnx_dir}: backend {name} asked for, but no ONNX model file")
+            self.backend = OnnxBackend(onnx, folder.model_dir, name, threads)
             if workers > 1 and threads < cores and self.options.batching.solo_max_tokens > 0:
-                self.solo_backend = OnnxBackend(onnx, artifacts.model_dir, name, cores, spin=True)
+                self.solo_backend = OnnxBackend(onnx, folder.model_dir, name, cores, spin=True)
         else:
             workers = self.options.workers or 1
-            self.backend = TorchBackend(artifacts.model_dir, threads=self.options.threads)
+            self.backend = TorchBackend(folder.model_dir, threads=self.options.threads)
         self.backend_name = name
         start = time.perf_counter()
         self._run(self.encoder.encode([WARMUP_TEXT]))
@@ -173,7 +142,7 @@ class SentimentModel(kserve.Model):
             self.metrics.model_ready.set(1)
         self.ready = True
         log.info("loaded %s version %s (%s, %d workers) from %s; warm-up %.0f ms", self.info.name,
-                 self.info.version, name, workers, artifacts.model_dir, (time.perf_counter() - start) * 1000)
+                 self.info.version, name, workers, folder.model_dir, (time.perf_counter() - start) * 1000)
         return self.ready
 
     def stop(self) -> None:
@@ -190,6 +159,7 @@ class SentimentModel(kserve.Model):
         return self.backend(*self.encoder.pad(batch))
 
     def _run_solo(self, batch: list[Encoded]) -> np.ndarray:
+        assert self.solo_backend is not None, "the batcher only calls the solo path when load() created it"
         return self.solo_backend(*self.encoder.pad(batch))
 
     def _observe(self, batch: list[Encoded], probs: np.ndarray) -> None:
@@ -216,7 +186,7 @@ class SentimentModel(kserve.Model):
         return encoded
 
     def render(self, probs: np.ndarray) -> list[dict[str, Any]]:
-        return [{"label": "positive" if p >= 0.5 else "negative", "probability": round(float(p), 6),
+        return [{"label": label_of(p), "probability": round(float(p), RECORD_DECIMALS),
                  "model_name": self.info.name, "model_version": self.info.version} for p in probs]
 
     def predict_texts(self, texts: list[str]) -> list[dict[str, Any]]:
@@ -235,15 +205,3 @@ class SentimentModel(kserve.Model):
         if not self.ready or self.batcher is None:
             raise NotReady("the model is not ready")
         return await self.batcher.submit(self.encode(texts))
-
-    async def predict(self, payload, headers=None, response_headers=None) -> dict[str, Any]:
-        """kserve.ModelServer entry point (V1 dict); the project's app calls predict_async directly."""
-        texts = parse_instances(payload)
-        return {"predictions": self.render(await self.predict_async(texts))}
-
-
-async def wait_loaded(model: SentimentModel, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not model.ready and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return model.ready

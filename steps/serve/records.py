@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+from sentimentops.steps.core.contract import label_of
 from sentimentops.steps.core.psi import RECORD_DECIMALS
 
 
@@ -50,7 +51,7 @@ def record(model_version: str, input_tokens: int, truncated: bool, probability: 
     out = {"ts": round(ts if ts is not None else time.time(), 3), "model_version": model_version,
            "input_tokens": int(input_tokens), "truncated": bool(truncated),
            "confidence": round(max(p, 1 - p), RECORD_DECIMALS), "probability": round(p, RECORD_DECIMALS),
-           "label": "positive" if p >= 0.5 else "negative", "content": round(float(content), RECORD_DECIMALS)}
+           "label": label_of(p), "content": round(float(content), RECORD_DECIMALS)}
     if text is not None:
         out["text"] = text
     return out

@@ -13,7 +13,6 @@ the process exits (within `grace_s`).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import signal
@@ -23,30 +22,36 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, load_settings
+from sentimentops.steps.core.config import CommonSettings, parse_settings
+from sentimentops.steps.core.contract import MAX_TOKENS
+from sentimentops.steps.core.errors import DataError, StageError, UsageError, stage_main
+from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.serve.batching import BatchSettings
 from sentimentops.steps.serve.model import Limits, ModelInfo, SentimentModel, ServeOptions
+
+log = get_logger("sentimentops.serve")
 
 
 class ServeSettings(CommonSettings):
     section: ClassVar[str] = "serve"
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 in the container).")
-    port: int = 8080
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (KServe's container port: 8080).")
     backend: str = Field("auto", description="auto | onnx-int8 | onnx-fp32 | torch")
     threads: int | None = Field(None, description="Intra-op threads per model call (ONNX default 1).")
     workers: int | None = Field(None, description="Model-calling threads (ONNX default: one per core).")
-    max_padding: float = 0.25
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    max_queue: int = 256
-    max_batch_tokens: int = 512
+    max_padding: float = Field(0.25, description="A batch group is cut before its padding exceeds this share of its "
+                               "real tokens.")
+    max_batch_size: int = Field(32, description="Instances gathered per batching cycle.")
+    max_wait_ms: float = Field(5.0, description="Under load: how long the first waiting instance may wait for company.")
+    max_queue: int = Field(256, description="Waiting instances before requests are answered 503.")
+    max_batch_tokens: int = Field(512, description="Rows x padded length per model call.")
     solo_max_tokens: int = Field(1024, description="An idle server runs a batch of at most this many padded "
                                  "tokens on all cores (0: never).")
     wait_when_idle: bool = Field(False, description="Gather max_wait_ms even on an idle server (fuller batches, "
                                                     "max_wait_ms more latency for a lone request).")
-    max_payload_bytes: int = 1_000_000
-    max_instances: int = 64
-    truncation: str = Field("truncate", description="truncate | reject (400) inputs over 512 tokens")
+    max_payload_bytes: int = Field(1_000_000, description="Largest request body in bytes (413 beyond it).")
+    max_instances: int = Field(64, description="Most instances in one request (413 beyond it).")
+    truncation: str = Field("truncate", description=f"truncate | reject (400) inputs over {MAX_TOKENS} tokens")
     prediction_log: Path | None = Field(None, description="JSON-lines prediction records for the drift monitor.")
     log_text: bool = Field(False, description="Also write the raw text into the prediction records.")
     grace_s: int = Field(30, description="SIGTERM: seconds to drain in-flight requests.")
@@ -54,22 +59,21 @@ class ServeSettings(CommonSettings):
 
 def resolve(uri: str, settings: CommonSettings, cache: Path) -> tuple[Path, ModelInfo]:
     """`models:/name@alias` or `models:/name/N` -> (local pyfunc folder, info with the concrete version)."""
-    from sentimentops.steps.core.tracking import configure, download_model_dir
+    from sentimentops.steps.core.tracking import configure, download_model
 
     match = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", uri)
     if not match:
-        raise ValueError(f"unsupported model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+        raise UsageError(f"unsupported model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
     name, alias, number = match.groups()
     client = configure(settings)
     version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-    folder = download_model_dir(settings, f"models:/{name}/{version.version}", cache / f"{name}-{version.version}")
-    root = next((p for p in (folder, *folder.parents) if (p / "MLmodel").is_file()), folder)
-    return root, ModelInfo(name=name, version=str(version.version), run_id=version.run_id or "")
+    folder = download_model(settings, f"models:/{name}/{version.version}", cache / f"{name}-{version.version}")
+    return folder.root, ModelInfo(name=name, version=str(version.version), run_id=version.run_id or "")
 
 
 def options_from(settings: ServeSettings) -> ServeOptions:
     if settings.truncation not in ("truncate", "reject"):
-        raise ValueError(f"truncation must be truncate or reject, got {settings.truncation!r}")
+        raise UsageError(f"truncation must be truncate or reject, got {settings.truncation!r}")
     return ServeOptions(
         backend=settings.backend, threads=settings.threads, workers=settings.workers, log_text=settings.log_text,
         limits=Limits(max_payload_bytes=settings.max_payload_bytes, max_instances=settings.max_instances,
@@ -100,7 +104,7 @@ def run(app, settings: ServeSettings) -> None:
 
         def handle_exit(self, sig, frame) -> None:
             app.state.serve["draining"] = True
-            logging.getLogger("sentimentops.serve").info("signal %s: draining in-flight requests", sig)
+            log.info("signal %s: draining in-flight requests", sig)
             super().handle_exit(sig, frame)
             # uvicorn re-raises captured signals after shutdown (exit status -15); a drained SIGTERM is a clean
             # stop, so exit 0 (as it does as PID 1 in the container, where the re-raised signal is ignored).
@@ -112,51 +116,46 @@ def run(app, settings: ServeSettings) -> None:
     DrainingServer(config).run()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sentimentops serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    """What to serve: not settings (a folder or a registry URI, the name and version the server reports)."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model-dir", type=Path)
-    source.add_argument("--model-uri")
-    parser.add_argument("--model-name", default="sentiment")
-    parser.add_argument("--model-version", default=os.environ.get("SENTIMENTOPS_MODEL_VERSION", "unversioned"))
-    for flag in ("host", "backend", "truncation"):
-        parser.add_argument(f"--{flag}")
-    for flag in ("port", "threads", "workers", "max-batch-size", "max-queue", "max-batch-tokens", "solo-max-tokens",
-                 "max-payload-bytes", "max-instances", "grace-s"):
-        parser.add_argument(f"--{flag}", type=int)
-    parser.add_argument("--max-wait-ms", type=float)
-    parser.add_argument("--max-padding", type=float)
-    parser.add_argument("--prediction-log", type=Path)
-    parser.add_argument("--log-text", action="store_true", default=None)
-    parser.add_argument("--wait-when-idle", action="store_true", default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("model_dir", "model_uri", "model_name", "model_version")}
-    settings = load_settings(ServeSettings, overrides)
-    if args.model_uri:
-        try:
-            from mlflow.exceptions import MlflowException
-        except ImportError:  # the serve image ships no MLflow: in the cluster KServe mounts the model instead
-            print(f"serve: --model-uri {args.model_uri} needs MLflow, which this image does not have: serve a "
-                  "folder (--model-dir; in the cluster set inferenceService.storageUri, and KServe's storage "
-                  "initializer copies the model to /mnt/models)", file=sys.stderr)
-            return 2
+    source.add_argument("--model-dir", type=Path, help="a registered pyfunc folder (the cluster's /mnt/models) or a "
+                        "plain Hugging Face folder")
+    source.add_argument("--model-uri", help="models:/NAME@ALIAS or models:/NAME/VERSION, resolved in MLflow")
+    parser.add_argument("--model-name", default="sentiment", help="the model name in the protocols' paths "
+                        "(default: sentiment)")
+    parser.add_argument("--model-version", default=os.environ.get("SENTIMENTOPS_MODEL_VERSION", "unversioned"),
+                        help="the version reported with --model-dir (default: SENTIMENTOPS_MODEL_VERSION or "
+                        "unversioned)")
 
-        try:
-            folder, info = resolve(args.model_uri, settings, settings.home / "serving-cache")
-        except (MlflowException, OSError, ValueError, KeyError) as err:  # no such alias/model/artifact: say so
-            print(f"serve: cannot resolve {args.model_uri}: {err}", file=sys.stderr)
-            return 2
+
+def resolve_uri(uri: str, settings: ServeSettings) -> tuple[Path, ModelInfo]:
+    """`resolve`, with its failures in the stage exit table's terms (one line each, no traceback)."""
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError as err:  # the serve image ships no MLflow: in the cluster KServe mounts the model instead
+        raise UsageError(f"--model-uri {uri} needs MLflow, which this image does not have: serve a folder "
+                         "(--model-dir; in the cluster set inferenceService.storageUri, and KServe's storage "
+                         "initializer copies the model to /mnt/models)") from err
+    try:
+        return resolve(uri, settings, settings.home / "serving-cache")
+    except MlflowException as err:  # no such model, alias or version: the input is unusable; else (a lost server)
+        missing = getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+        raise (DataError if missing else StageError)(f"cannot resolve {uri}: {err}") from err
+    except (OSError, KeyError) as err:  # a missing or unreadable artifact
+        raise DataError(f"cannot resolve {uri}: {err}") from err
+
+
+@stage_main("serve")
+def main(argv: list[str] | None = None) -> int:
+    settings, args = parse_settings(ServeSettings, argv, prog="sentimentops serve", description=__doc__,
+                                    add_arguments=_arguments)
+    options_from(settings)  # a bad setting stops here: exit 2, one line
+    if args.model_uri:
+        folder, info = resolve_uri(args.model_uri, settings)
         info = ModelInfo(name=args.model_name, version=info.version, run_id=info.run_id)
     else:
         folder, info = args.model_dir, ModelInfo(name=args.model_name, version=args.model_version)
-    try:
-        options_from(settings)
-    except ValueError as err:
-        print(f"serve: {err}", file=sys.stderr)
-        return 2
     _model, app = build(folder, info, settings)
     run(app, settings)
     return 0

@@ -1,7 +1,15 @@
 """train: fine-tune AutoModelForSequenceClassification on the versioned dataset, tracked in MLflow.
 
 This module is the thin part: settings, base-model resolution (with the offline fallback), tokenization, MLflow
-bookkeeping and saving. The loop itself (batching, precision, checkpoints, DDP, throughput/MFU) is sentimentops.steps.train.loop.
+bookkeeping and saving. The loop itself (batching, precision, DDP, throughput/MFU) is sentimentops.steps.train.loop,
+checkpoints sentimentops.steps.train.checkpoint.
+
+Checkpoints live outside the step's outputs (`checkpoint_dir`, default `{home}/checkpoints/train`), in a sub-folder
+keyed by the dataset's content hash and the training settings: the local runner empties a step's outputs folder
+before re-running it, so a killed train resumes mid-run from there, and other data or settings start afresh. On
+Argo a retry runs in a new pod with a fresh filesystem: a checkpoint survives only on a volume or bucket mount, so
+there set SENTIMENTOPS_TRAIN_CHECKPOINT_DIR to a path on one (without it, a retried train starts from step 0).
+The checkpoint is deleted once the model is saved. Reuse of a finished step is the runner's decision, not this one's.
 """
 from __future__ import annotations
 
@@ -9,18 +17,21 @@ import argparse
 import importlib
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import ClassVar
 
 import pandas as pd
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, flags, load_settings
+from sentimentops.steps.core.config import CommonSettings, parse_settings
+from sentimentops.steps.core.contract import MAX_TOKENS, class_ids_of
+from sentimentops.steps.core.errors import UsageError, stage_main
 from sentimentops.steps.core.hub import go_offline, hub_reachable
-from sentimentops.steps.core.manifests import read_manifest, reusable, write_manifest
+from sentimentops.steps.core.logs import get_logger
+from sentimentops.steps.core.manifests import hash_dir, read_manifest, write_manifest
 from sentimentops.steps.core.tracking import mlflow_run
 
+log = get_logger(__name__)
 LABELS = {0: "negative", 1: "positive"}
 
 
@@ -30,17 +41,21 @@ class TrainSettings(CommonSettings):
     fallback_base_model: str = Field("", description="Offline fallback: a folder or `package:<module>`.")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(0, ge=0, description="Per-process batch size; 0 = chosen by data size and device "
-                            "(sentimentops.steps.train.loop.batch_size_for: large batches on a GPU, 32 on CPU).")
+                            "(sentimentops.steps.train.optim.batch_size_for: large batches on a GPU, 32 on CPU).")
     learning_rate: float = Field(5e-5, gt=0, description="Learning rate at batch size 32 (scaled for larger).")
-    max_length: int = Field(512, ge=8, le=512, description="Tokens per review; longer reviews are truncated.")
+    max_length: int = Field(MAX_TOKENS, ge=8, le=MAX_TOKENS,
+                            description="Tokens per review in training; longer reviews are truncated.")
     seed: int = 42
     precision: str = Field("auto", pattern="^(auto|bf16|fp16|fp32)$")
     num_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default).")
     checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints (0 = each epoch end).")
     max_steps: int = Field(0, ge=0, description="Stop after this many steps (0 = no limit; for smoke tests).")
+    checkpoint_dir: Path = Field(Path("{home}/checkpoints/train"), description="Root of the checkpoints, outside "
+                                 "the step's outputs; a sub-folder per dataset content and training settings. On "
+                                 "Argo a retry is a new pod: point it at a volume or bucket mount to resume there.")
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(UsageError):
     """The base model can be neither downloaded nor found locally."""
 
 
@@ -64,8 +79,8 @@ def resolve_base_model(settings: TrainSettings) -> tuple[str, bool]:
     go_offline()
     fallback = settings.fallback_base_model
     path = package_model_dir(fallback) if fallback.startswith("package:") else Path(fallback)
-    print(f"offline: the Hugging Face hub is unreachable; fine-tuning {path.name if path.name != 'model' else fallback} "
-          f"instead of {base}", flush=True)
+    log.warning("offline: the Hugging Face hub is unreachable; fine-tuning %s instead of %s",
+                path.name if path.name != "model" else fallback, base)
     return str(path), True
 
 
@@ -74,11 +89,26 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     return tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
 
 
+# The settings that change the training trajectory: a checkpoint is resumed only under the same ones. max_steps,
+# checkpoint_every and num_threads only stop, save or schedule the same run.
+TRAJECTORY = ("base_model", "fallback_base_model", "epochs", "batch_size", "learning_rate", "max_length", "seed",
+              "precision")
+
+
+def checkpoint_dir_for(settings: TrainSettings, dataset: Path, base_model_used: str) -> Path:
+    """The checkpoint folder of this (dataset content, training settings), under settings.checkpoint_dir."""
+    from sentimentops.steps.train.checkpoint import keyed_dir
+
+    wanted = {**settings.model_dump(mode="json", include=set(TRAJECTORY)), "base_model_used": base_model_used}
+    return keyed_dir(settings.checkpoint_dir, hash_dir(dataset), wanted)
+
+
 def run_training(dataset: Path, version: Path, out: Path, settings: TrainSettings) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from sentimentops.steps.train.loop import LoopConfig, predict_proba
+    from sentimentops.steps.core.scoring import predict_proba
+    from sentimentops.steps.train.loop import LoopConfig
     from sentimentops.steps.train.loop import train as train_loop
 
     if settings.num_threads:
@@ -100,6 +130,7 @@ def run_training(dataset: Path, version: Path, out: Path, settings: TrainSetting
                                               "precision"}),
               "base_model": settings.base_model, "base_model_used": source, "offline_fallback": fallback,
               "train_rows": len(train_df), "validation_rows": len(val_df)}
+    checkpoints = checkpoint_dir_for(settings, dataset, source)
     tags = {"dataset.dvc_md5": dataset_md5, "run.reason": settings.run_reason, "workflow": settings.workflow_name}
     with mlflow_run(settings, out, run_name=f"train-{settings.workflow_name}", tags=tags) as run:
         import mlflow
@@ -113,17 +144,22 @@ def run_training(dataset: Path, version: Path, out: Path, settings: TrainSetting
                 metrics["mfu"] = log.mfu
             mlflow.log_metrics(metrics, step=log.step)
 
+        validation: dict[str, float] = {}
+
         def on_epoch_end(epoch: int, result) -> None:
             probs = predict_proba(model, val_ids, pad_id=tokenizer.pad_token_id, precision=settings.precision)
-            accuracy = float(((probs >= 0.5).astype(int) == val_df["label"].to_numpy()).mean())
-            print(f"train: epoch {epoch} validation accuracy {accuracy:.4f}", flush=True)
+            accuracy = float((class_ids_of(probs) == val_df["label"].to_numpy()).mean())
+            validation["val_accuracy"] = accuracy
+            log.info("train: epoch %d validation accuracy %.4f, loss %.6f", epoch, accuracy, result.final_loss,
+                     extra={"epoch": epoch, "val_accuracy": accuracy, "loss": result.final_loss})
             mlflow.log_metrics({"val_accuracy": accuracy, "epoch_loss": result.final_loss}, step=result.steps)
 
         result = train_loop(model, train_ids, train_df["label"].astype(int).tolist(), cfg,
-                            pad_id=tokenizer.pad_token_id, checkpoint_dir=out / "checkpoints",
+                            pad_id=tokenizer.pad_token_id, checkpoint_dir=checkpoints,
                             on_log=on_log, on_epoch_end=on_epoch_end)
         summary = {"samples_per_s": result.samples_per_s, "tokens_per_s": result.tokens_per_s,
-                   "train_seconds": result.train_seconds, "final_loss": result.final_loss, "steps": result.steps}
+                   "train_seconds": result.train_seconds, "final_loss": result.final_loss, "steps": result.steps,
+                   "resumed_from_step": result.resumed_from_step, **validation}
         if result.mfu is not None:
             summary["mfu"] = result.mfu
         mlflow.log_metrics(summary)
@@ -133,36 +169,25 @@ def run_training(dataset: Path, version: Path, out: Path, settings: TrainSetting
         model_dir = out / "model"
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the finished model supersedes them
+        if os.environ.get("RANK", "0") == "0":  # one rank deletes; the others may still be saving their model
+            shutil.rmtree(checkpoints, ignore_errors=True)  # the finished model supersedes them
         return {"params": params, "metrics": summary, "run_id": run.info.run_id, "dataset_md5": dataset_md5}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sentimentops train", description=__doc__)
-    parser.add_argument("--dataset", type=Path, required=True)
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=Path, required=True, help="the ingest step's output folder (parquet splits)")
     parser.add_argument("--version", type=Path, required=True, help="the version step's output folder")
-    parser.add_argument("--base-model")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--max-length", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--precision")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    settings = load_settings(TrainSettings, flags(args, "base_model", "epochs", "batch_size", "learning_rate",
-                                                  "max_length", "seed", "precision"))
+    parser.add_argument("--out", type=Path, required=True, help="output folder: model/ and manifest.json")
+
+
+@stage_main("train")
+def main(argv: list[str] | None = None) -> int:
+    settings, args = parse_settings(TrainSettings, argv, prog="sentimentops train", description=__doc__,
+                                    add_arguments=_arguments)
     inputs = {"dataset": args.dataset, "version": args.version}
     wanted = settings.model_dump(mode="json", include={"base_model", "epochs", "batch_size", "learning_rate",
                                                        "max_length", "seed", "precision", "max_steps"})
-    if (done := reusable(args.out, "train", inputs, {"requested": wanted})) and (args.out / "model").is_dir():
-        print(f"train: reusing {args.out} (same dataset and settings; MLflow run {done.refs['mlflow_run_id']})")
-        return 0
-    try:
-        info = run_training(args.dataset, args.version, args.out, settings)
-    except BaseModelError as err:
-        print(f"train: {err}", file=sys.stderr)
-        return 2
+    info = run_training(args.dataset, args.version, args.out, settings)
     write_manifest(args.out, "train", inputs=inputs, outputs={"model": "model/"},
                    params={"requested": wanted, **{k: v for k, v in info["params"].items()}},
                    metrics=info["metrics"],

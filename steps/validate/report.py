@@ -1,4 +1,4 @@
-"""Renders a `ValidationResult` (sentimentops.steps.validate.cli) as markdown, a self-contained HTML page and JSON.
+"""Renders a `ValidationResult` (sentimentops.steps.validate.checks) as markdown, a self-contained HTML page and JSON.
 
 Kept apart from the computation (evidently's split between metrics and their presentation): the core returns
 typed outcomes; this module only formats them. No timestamps: the same result renders to the same bytes, so the
@@ -10,7 +10,7 @@ import html
 import json
 from pathlib import Path
 
-from sentimentops.steps.validate.cli import ExpectationOutcome, ValidationResult
+from sentimentops.steps.validate.checks import ExpectationOutcome, ValidationResult
 
 _COLUMNS = ("split", "expectation", "result", "observed", "expected", "details")
 

@@ -1,6 +1,6 @@
 """charts/sentimentops rendered offline with helm-python-sdk (Helm's Go SDK) for the default (kind/CPU) and the GKE
 values: core kinds validated by kubernetes-validate --strict, CRD kinds (Argo, KServe, prometheus-operator) by the
-strict schema checks of workflows/schema_check.py, the Argo documents identical to `sentimentops render`'s output,
+strict schema checks of workflows/checks/schema_check.py, the Argo documents identical to `sentimentops render`'s output,
 strict `helm lint`, values.schema.json, and checkov on the rendered output."""
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ import yaml
 
 from sentimentops.steps.rollout.cli import parser as rollout_parser
 from sentimentops.workflows import render
-from sentimentops.workflows.definitions import rollout
 from sentimentops.workflows.argo.expressions import evaluate_when
+from sentimentops.workflows.argo.spec import depends_satisfied, load_spec, topological_order
 from sentimentops.workflows.checks.schema_check import schema_errors
 from sentimentops.workflows.checks.semantic_check import semantic_errors
-from sentimentops.workflows.argo.spec import depends_satisfied, load_spec, topological_order
+from sentimentops.workflows.definitions import rollout
 
 RENDERED = render.RENDERED_DIR / "sentiment-rollout.yaml"
 TRAINING = render.RENDERED_DIR / "sentiment-training.yaml"

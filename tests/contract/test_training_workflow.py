@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from sentimentops.workflows import cli, render
-from sentimentops.workflows.definitions import training
+from sentimentops.workflows.argo.spec import load_spec, topological_order
 from sentimentops.workflows.checks.schema_check import manifest_errors, schema_errors
 from sentimentops.workflows.checks.semantic_check import semantic_errors
-from sentimentops.workflows.argo.spec import load_spec, topological_order
+from sentimentops.workflows.definitions import training
 
 RENDERED = render.RENDERED_DIR / "sentiment-training.yaml"
 
@@ -25,7 +25,9 @@ STAGE_CONTRACT = {
     "train": (["--base-model", "--epochs", "--batch-size", "--learning-rate", "--max-length", "--seed"],
               ["dataset", "version"], "model"),
     "evaluate": ([], ["dataset", "model"], "evaluation"),
-    "register": ([], ["model", "evaluation", "version"], "registration"),
+    # register gets the dataset explicitly (its test split checks the int8 ONNX export in the cluster too; it once
+    # globbed the local runner's folders, so on Argo the check never ran).
+    "register": ([], ["dataset", "model", "evaluation", "version"], "registration"),
 }
 
 
@@ -151,7 +153,43 @@ def test_retries_are_explicit_and_a_failed_validation_is_not_retried(doc):
             retry = t["retryStrategy"]
             assert int(retry["limit"]) >= 1 and retry["retryPolicy"] and retry["backoff"]["duration"], name
     assert templates(doc)["validate"]["retryStrategy"]["retryPolicy"] == "OnError"
-    assert "exitCode) != 2" in templates(doc)["ingest"]["retryStrategy"]["expression"]
+    assert "expression" not in templates(doc)["validate"]["retryStrategy"]  # OnError: pod errors only
+
+
+# steps/core/errors.py: exit 1 (data error) and 2 (usage error) are deterministic, never retried; 3 and pod errors are.
+NOT_RETRIED = 'lastRetry.status == "Error" || asInt(lastRetry.exitCode) > 2'
+
+
+@pytest.mark.parametrize("stage", ["ingest", "version", "train", "evaluate", "register"])
+def test_retry_expression_never_retries_a_data_or_usage_error(doc, stage):
+    retry = templates(doc)[stage]["retryStrategy"]
+    assert retry["retryPolicy"] == "Always"
+    assert retry["expression"] == NOT_RETRIED == training.NOT_RETRIED
+
+
+@pytest.mark.parametrize(("status", "exit_code", "retried"), [
+    ("Failed", "1", False), ("Failed", "2", False), ("Failed", "3", True), ("Failed", "137", True),
+    ("Error", "-1", True),
+])
+def test_retry_expression_follows_the_exit_table(status, exit_code, retried):
+    # The expression is expr-lang (Argo's retry), not govaluate (`when`): evaluate it here with its two variables
+    # substituted, the way Argo binds them, so a typo in the operators or a changed table fails this test.
+    from sentimentops.steps.core.errors import NOT_RETRIED as TABLE
+
+    python = NOT_RETRIED.replace("||", " or ").replace("asInt(lastRetry.exitCode)", exit_code)
+    python = python.replace("lastRetry.status", repr(status))
+    assert eval(python, {"__builtins__": {}}) is retried
+    assert (int(exit_code) in TABLE) is (not retried)
+
+
+def test_register_gets_the_ingest_dataset(doc):
+    task = _task(doc, "register")
+    froms = {a["name"]: a["from"] for a in task["arguments"]["artifacts"]}
+    assert froms["dataset"] == "{{tasks.ingest.outputs.artifacts.dataset}}"
+    assert froms == {"dataset": "{{tasks.ingest.outputs.artifacts.dataset}}",
+                     "model": "{{tasks.train.outputs.artifacts.model}}",
+                     "evaluation": "{{tasks.evaluate.outputs.artifacts.evaluation}}",
+                     "version": "{{tasks.version.outputs.artifacts.version}}"}
 
 
 def test_workflow_level_settings(doc):

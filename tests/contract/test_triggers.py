@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from sentimentops.workflows import render
-from sentimentops.workflows.definitions import training, triggers
 from sentimentops.workflows.checks.schema_check import manifest_errors
+from sentimentops.workflows.definitions import training, triggers
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = {"cron": "sentiment-training-cron.yaml", "eventsource": "sentiment-retrain-eventsource.yaml",

@@ -1,6 +1,7 @@
 """DDP on CPU: torchrun starts 2 processes over gloo on the same code path as a multi-GPU run.
 
-torchrun runs THIS file as its worker script (the `__main__` block below): each rank calls sentimentops.steps.train.loop.train
+torchrun runs THIS file as its worker script (the `__main__` block below): each rank calls
+sentimentops.steps.train.loop.train
 exactly as the train step does, which joins the process group from torchrun's environment.
 """
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sentimentops.steps.core.processes import run
 from sentimentops.steps.core.client import free_port
+from sentimentops.steps.core.processes import run
 
 REPO = Path(__file__).resolve().parents[2]
 # dropout off: with it each rank draws its own masks, and the comparison with one process could not be exact

@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sentimentops.steps.core.client import free_port
 from sentimentops.steps.core.processes import ProcessGroups, stop, wait_for
 from sentimentops.steps.core.processes import run as run_process
-from sentimentops.steps.core.client import free_port
 
 pytestmark = pytest.mark.slow
 # PSI noise is about (bins - 1) * (1/window + 1/reference rows): 0.07 at 200 and 400, well under 0.2 (at a window
@@ -31,20 +31,13 @@ WINDOW = 200
 
 def prediction_records(model_dir: Path, texts: list[str]) -> tuple[list[str], list[float]]:
     """What the predictor appends per prediction: token count, P(positive), confidence, label, content; no text."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from sentimentops.steps.core.psi import continuation_share
+    from sentimentops.steps.evaluate import EvaluateSettings, encode, score
     from sentimentops.steps.serve.records import record
-    from sentimentops.steps.train.loop import predict_proba
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    ids = tokenizer(texts, truncation=True, max_length=512)["input_ids"]
-    probs = predict_proba(model, ids, pad_id=tokenizer.pad_token_id, batch_size=32, precision="fp32")
-    special = set(tokenizer.all_special_tokens)
-    lines = [json.dumps(record("1", len(row), len(row) >= 512, p,
-                               continuation_share(tokenizer.convert_ids_to_tokens(row), special), ts=0.0))
-             for row, p in zip(ids, probs, strict=True)]
+    encoded = encode(model_dir, texts)  # the predictor's TextEncoder at contract.MAX_TOKENS
+    probs = score(model_dir, encoded, EvaluateSettings(batch_size=32, precision="fp32"))
+    lines = [json.dumps(record("1", e.length, e.truncated, p, e.content, ts=0.0))
+             for e, p in zip(encoded, probs, strict=True)]
     return lines, [float(p) for p in probs]
 
 

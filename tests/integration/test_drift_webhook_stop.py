@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from sentimentops.steps.core.processes import ProcessGroups, alive, wait_for
 from sentimentops.steps.core.client import free_port, post_json
+from sentimentops.steps.core.processes import ProcessGroups, alive, wait_for
 
 SLEEPER = r"""
 import os, pathlib, sys, time

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sentimentops.steps.core.client import free_port, predict, wait_ready
 from sentimentops.steps.core.manifests import hash_dir, read_manifest
 from sentimentops.steps.core.processes import run, spawn, stop
-from sentimentops.steps.core.client import free_port, predict, wait_ready
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))
@@ -103,7 +103,8 @@ def test_manifest_chain_links_every_step_to_its_inputs(resumed_run):
     expected = {"validate": {"dataset": "ingest"}, "version": {"dataset": "ingest"},
                 "train": {"dataset": "ingest", "version": "version"},
                 "evaluate": {"dataset": "ingest", "model": "train"},
-                "register": {"model": "train", "evaluation": "evaluate", "version": "version"}}
+                "register": {"model": "train", "evaluation": "evaluate", "version": "version",
+                             "dataset": "ingest"}}
     for task, inputs in expected.items():
         manifest = read_manifest(folders[task])
         assert manifest.step == task

@@ -26,8 +26,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sentimentops.steps.core.processes import ProcessGroups, wait_for
 from sentimentops.steps.core.client import free_port
+from sentimentops.steps.core.processes import ProcessGroups, wait_for
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -77,17 +77,11 @@ def post(url: str, body: dict) -> int:
 def stack(tmp_path_factory, imdb_dir, rt_polarity_file, tiny_model_dir):
     binary = prometheus_binary()
     tmp = tmp_path_factory.mktemp("prometheus-stack")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from sentimentops.steps.evaluate import write_drift_reference
-    from sentimentops.steps.train.loop import predict_proba
+    from sentimentops.steps.evaluate import EvaluateSettings, encode, score, write_drift_reference
 
     # the reference exactly as `evaluate` writes it, for the tiny model on held-out IMDB reviews
     test = pd.read_parquet(imdb_dir / "sample_test.parquet")["text"].tolist()[:300]
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ids = tokenizer(test, truncation=True, max_length=512)["input_ids"]
-    probs = predict_proba(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), ids,
-                          pad_id=tokenizer.pad_token_id, precision="fp32")
+    probs = score(tiny_model_dir, encode(tiny_model_dir, test), EvaluateSettings(precision="fp32"))
     write_drift_reference(tiny_model_dir, test, probs, tmp)
     serve_port, drift_port, prom_port = free_port(), free_port(), free_port()
     log = tmp / "predictions.jsonl"

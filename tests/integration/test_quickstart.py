@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sentimentops.steps.core.processes import run
 from sentimentops.steps.core.client import free_port
+from sentimentops.steps.core.processes import run
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))

@@ -38,8 +38,8 @@ def register_versions(home: Path, model_dirs: list[Path]) -> None:
     """Registers each tiny model through the register stage's own code (pyfunc + lineage tags), as the pipeline
     does; `champion_moves_at: rollout` (the gke setting) so only the rollout moves champion."""
     from sentimentops.steps.core.manifests import write_manifest
-    from sentimentops.steps.register.cli import RegisterSettings, register
     from sentimentops.steps.core.tracking import configure, mlflow_run
+    from sentimentops.steps.register.cli import RegisterSettings, register
 
     settings = RegisterSettings(home=home, mlflow_tracking_uri=f"sqlite:///{home}/mlflow.db",
                                 mlflow_artifact_root=str(home / "mlartifacts"), champion_moves_at="rollout",
@@ -52,9 +52,8 @@ def register_versions(home: Path, model_dirs: list[Path]) -> None:
             run_id = run.info.run_id
         write_manifest(model_out, "train", refs={"mlflow_run_id": run_id})
         write_manifest(version_out, "version", refs={"dvc_md5": f"md5-{i}"})
-        evaluation.mkdir(parents=True)
-        metrics = {"accuracy": 0.5 + i / 100, "f1": 0.5, "roc_auc": 0.5}
-        (evaluation / "metrics.json").write_text(json.dumps({"challenger": metrics, "champion": None}))
+        write_manifest(evaluation, "evaluate", refs={"mlflow_run_id": run_id},
+                       metrics={"test_accuracy": 0.5 + i / 100, "test_f1": 0.5, "test_roc_auc": 0.5})
         register(model_out, evaluation, version_out, settings)
     configure(settings).set_registered_model_alias("sentiment", "champion", "1")
 
@@ -216,5 +215,5 @@ def test_crash_between_patch_and_decision_then_rerun_is_consistent(env, local, t
     assert str(client(env).get_model_version_by_alias("sentiment", "champion").version) == version
     # And a third run changes nothing.
     again = rollout(env, local, version, tmp_path / "again")
-    assert "already promoted" in again.stdout
+    assert "already promoted" in again.stderr  # a controller log line (stderr); stdout holds only results
     assert local_state(local)["stable"] == state["stable"]

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sentimentops.steps.core.client import free_port
 from sentimentops.steps.core.processes import run, spawn
 from sentimentops.steps.core.processes import stop as stop_group
-from sentimentops.steps.core.client import free_port
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))

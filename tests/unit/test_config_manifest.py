@@ -1,4 +1,4 @@
-"""Settings precedence (flags > env > profile) and the manifest chain's hashing and reuse."""
+"""Settings precedence (flags > env > profile) and the manifest chain: hashing and typed stage manifests."""
 from __future__ import annotations
 
 import ast
@@ -7,10 +7,21 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from sentimentops.steps.core.config import PROFILES_DIR, CommonSettings, load_profile, load_settings
+from sentimentops.steps.core.errors import DataError
+from sentimentops.steps.core.manifests import (
+    STAGE_MANIFESTS,
+    EvaluateManifest,
+    RolloutManifest,
+    TrainManifest,
+    hash_dir,
+    manifest_model,
+    read_manifest,
+    write_manifest,
+)
 from sentimentops.steps.ingest import IngestSettings
-from sentimentops.steps.core.manifests import hash_dir, read_manifest, reusable, write_manifest
 from sentimentops.steps.train.cli import TrainSettings
 
 
@@ -129,7 +140,7 @@ def test_hash_dir_ignores_manifest_and_logs_but_not_content(tmp_path):
     assert hash_dir(tmp_path) != first  # a new (even empty) file changes identity
 
 
-def test_manifest_roundtrip_and_reuse(tmp_path):
+def test_manifest_roundtrip(tmp_path):
     upstream = tmp_path / "up"
     upstream.mkdir()
     (upstream / "data.parquet").write_bytes(b"x")
@@ -139,13 +150,50 @@ def test_manifest_roundtrip_and_reuse(tmp_path):
     manifest = read_manifest(out)
     assert manifest.inputs["dataset"] == hash_dir(upstream)
     assert json.loads((out / "manifest.json").read_text())["refs"]["mlflow_run_id"] == "abc"
-    assert reusable(out, "train", {"dataset": upstream}, {"epochs": 1}) is not None
-    assert reusable(out, "train", {"dataset": upstream}, {"epochs": 2}) is None
-    assert reusable(out, "evaluate", {"dataset": upstream}, {"epochs": 1}) is None
-    (upstream / "data.parquet").write_bytes(b"y")
-    assert reusable(out, "train", {"dataset": upstream}, {"epochs": 1}) is None
+    assert manifest.params["epochs"] == 1 and manifest.metrics["loss"] == 0.5  # train keeps extra keys
 
 
 def test_read_manifest_says_what_is_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+    with pytest.raises(DataError, match="no manifest.json"):
         read_manifest(tmp_path)
+    with pytest.raises(DataError, match=f"{tmp_path} has no manifest.json: expected the output folder of train"):
+        read_manifest(tmp_path, TrainManifest)
+
+
+def test_read_manifest_is_typed_and_refuses_another_steps_output(tmp_path):
+    write_manifest(tmp_path, "evaluate", params={"max_tokens": 512},
+                   metrics={"test_accuracy": 0.9, "test_f1": 0.8, "test_roc_auc": 0.95},
+                   refs={"mlflow_run_id": "abc", "champion_version": None})
+    manifest = read_manifest(tmp_path, EvaluateManifest)
+    assert isinstance(manifest, EvaluateManifest) and manifest.metrics.test_f1 == 0.8
+    assert manifest.refs.champion_version is None and manifest.refs["mlflow_run_id"] == "abc"
+    assert isinstance(read_manifest(tmp_path), EvaluateManifest)  # without a model: the one its step names
+    with pytest.raises(DataError, match=f"{tmp_path} holds the output of step 'evaluate', expected train"):
+        read_manifest(tmp_path, TrainManifest)
+    (tmp_path / "manifest.json").write_text(json.dumps({"step": "evaluate", "created": "", "git_sha": "", "metrics": {},
+                                                        "refs": {"mlflow_run_id": "r"}}))
+    with pytest.raises(DataError, match="not a valid evaluate manifest: metrics.test_accuracy: Field required"):
+        read_manifest(tmp_path, EvaluateManifest)
+
+
+# Every stage's writer, as it calls write_manifest: a wrong shape fails in the writing step, before anything is
+# written (a reader two steps later would otherwise find the mistake).
+@pytest.mark.parametrize(("step", "sections", "message"), [
+    ("version", {"refs": {"dvc_md5x": "a"}}, "refs.dvc_md5: Field required"),
+    ("register", {"params": {"policy": {}}, "refs": {"registered_model": "s", "model_version": "1",
+                                                     "mlflow_run_id": "r", "model_hash": "h", "champion_version": None,
+                                                     "promoted": True, "extra": 1}}, "refs.extra: Extra inputs"),
+    ("evaluate", {"metrics": {"test_accuracy": 0.9}, "refs": {"mlflow_run_id": "r"}}, "metrics.test_f1"),
+    ("ingest", {"metrics": {"train_rows": "many"}}, "metric 'train_rows' is not a number"),
+    ("nosuchstep", {}, "no manifest model for step 'nosuchstep'"),
+])
+def test_write_manifest_validates_against_the_stages_model(tmp_path, step, sections, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        write_manifest(tmp_path, step, **sections)
+    assert not isinstance(caught.value, DataError | ValidationError)  # a writer's bug: exit 3, not 1 or 2
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_each_stage_has_its_manifest_model():
+    assert {m.stage for m in STAGE_MANIFESTS} >= {"ingest", "validate", "version", "train", "evaluate", "register"}
+    assert manifest_model("rollout-analyse") is RolloutManifest

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sentimentops.steps.drift.cli import DriftMonitor, DriftSettings, RecordTail, parse_records, reference_from_pyfunc
-from sentimentops.steps.drift.webhook import reason_from_body
+from sentimentops.steps.core.client import free_port
 from sentimentops.steps.core.processes import spawn, stop
 from sentimentops.steps.core.psi import build_reference, features_from_predictions
-from sentimentops.steps.core.client import free_port
+from sentimentops.steps.drift.cli import DriftMonitor, DriftSettings, reference_from_pyfunc
+from sentimentops.steps.drift.records import RecordTail, parse_records
+from sentimentops.steps.drift.webhook import reason_from_body
 
 
 def records(rng, n, length_mean=230.0, p_positive=0.5, version="3") -> list[str]:
@@ -123,7 +124,8 @@ def test_reference_is_found_through_the_pyfunc_mlmodel(tmp_path):
     (tmp_path / "artifacts").mkdir()
     (tmp_path / "artifacts" / "drift_reference.json").write_text("{}")
     (tmp_path / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts:\n      drift_reference:\n"
-                                      "        path: artifacts/drift_reference.json\n")
+                                      "        path: artifacts/drift_reference.json\n"
+                                      "      model_dir:\n        path: artifacts/model\n")
     assert reference_from_pyfunc(tmp_path) == tmp_path / "artifacts" / "drift_reference.json"
 
 

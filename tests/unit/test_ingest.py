@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from sentimentops.steps.core.config import load_settings
-from sentimentops.steps.ingest import IngestSettings, make_splits, read_local, resolve_source, stratified_sample
+from sentimentops.steps.ingest import (
+    IngestSettings,
+    make_splits,
+    read_local,
+    resolve_source,
+    stratified_sample,
+)
 from sentimentops.steps.ingest import main as ingest_main
 
 
@@ -63,10 +69,10 @@ def test_jsonl_file_and_missing_columns(tmp_path):
         read_local(bad)
 
 
-def test_auto_falls_back_offline_in_the_local_profile(home, imdb_dir, capsys):
+def test_auto_falls_back_offline_in_the_local_profile(home, imdb_dir, caplog):
     raw, used, fallback = resolve_source(settings(source="auto", fallback_sources=["/nonexistent", str(imdb_dir)]))
     assert fallback and used == str(imdb_dir.resolve()) and len(raw["train"]) == 25_000
-    assert "offline: the Hugging Face hub is unreachable" in capsys.readouterr().out
+    assert "offline: the Hugging Face hub is unreachable" in caplog.text  # a log line (stderr), not a result
 
 
 def test_demo_reviews_are_the_last_fallback(home):
@@ -85,13 +91,21 @@ def test_cli_writes_splits_and_manifest(home, imdb_dir, tmp_path):
     assert (out / "train.parquet").read_bytes() == first  # identical input -> identical bytes -> same DVC hash
 
 
-def test_cli_bad_source_exits_2_with_a_message(home, tmp_path, capsys):
-    assert ingest_main(["--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
-    assert "no such file or folder" in capsys.readouterr().err
+# A source that cannot be read is a data error (steps/core/errors.py): exit 1, never retried; it was 2 before the
+# stage exit table.
+def test_cli_bad_source_exits_1_with_a_message(home, tmp_path, caplog):
+    assert ingest_main(["--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
+    assert "no such file or folder" in caplog.text and "Traceback" not in caplog.text
 
 
-def test_gke_profile_refuses_fallback(monkeypatch, tmp_path, capsys):
+def test_cli_unreadable_file_exits_1(home, tmp_path, caplog):
+    (tmp_path / "reviews.parquet").write_text("text,label\n")
+    assert ingest_main(["--source", str(tmp_path / "reviews.parquet"), "--out", str(tmp_path / "o")]) == 1
+    assert "not a readable .parquet file" in caplog.text
+
+
+def test_gke_profile_refuses_fallback(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("SENTIMENTOPS_PROFILE", "gke")
     monkeypatch.setenv("SENTIMENTOPS_HOME", str(tmp_path))
-    assert ingest_main(["--source", "auto", "--out", str(tmp_path / "o")]) == 2
-    assert "allows no fallback" in capsys.readouterr().err
+    assert ingest_main(["--source", "auto", "--out", str(tmp_path / "o")]) == 1
+    assert "allows no fallback" in caplog.text

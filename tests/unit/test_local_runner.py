@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from sentimentops.workflows import cli
-from sentimentops.workflows.runner.local_runner import run
 from sentimentops.workflows.argo.spec import SpecError
+from sentimentops.workflows.runner.local_runner import run
 
 # Writes the parameter into the output folder, a `promoted` file for the output parameter, and its argv.
 PRODUCE = r"""
@@ -282,17 +282,161 @@ def test_bad_when_fails_the_task_with_a_clear_error(tmp_path):
     assert result.phase == "Failed" and "unsupported syntax" in result.tasks["odd"].message
 
 
-def test_cli_run_passes_parameters_and_returns_the_exit_code(tmp_path, capsys):
+def test_cli_run_passes_parameters_and_returns_the_exit_code(tmp_path, caplog):
     path = write(tmp_path, make_spec([PRODUCE_TASK, CONSUME_TASK]))
     argv = ["pipeline", "run", "--template", str(path), "--run-dir", str(tmp_path / "run"), "-p", "word=cli",
             "--env", f"ORDER_LOG={tmp_path / 'order.log'}"]
     assert cli.main(argv) == 0
     assert (tmp_path / "run/consume/outputs/upper/value.txt").read_text() == "CLI"
     assert cli.main(["run", "--template", str(path), "--run-dir", str(tmp_path / "run"), "-p", "nope=1"]) == 2
-    assert "unknown parameter" in capsys.readouterr().err
+    # logged (stderr), not printed: stdout is for a command's result
+    assert any(r.levelname == "ERROR" and "unknown parameter" in r.getMessage() for r in caplog.records)
 
 
 def test_sentimentops_resolves_next_to_the_interpreter_first():
     from sentimentops.workflows.runner.process import resolve_executable
 
     assert resolve_executable("python") == str(Path(sys.executable).parent / "python")
+
+
+# --- Reuse: the fingerprint covers settings (profile + SENTIMENTOPS_* env), dependencies and code --------------------
+
+# A stand-in for the `sentimentops` CLI: `sentimentops STAGE [--in DIR] --out DIR`, so the runner sees a stage
+# command (the section of the profile it reads is STAGE) without starting the real stages.
+FAKE_CLI = r"""#!{python}
+import os, pathlib, sys
+stage, args = sys.argv[1], sys.argv[2:]
+out = pathlib.Path(args[args.index('--out') + 1]); out.mkdir(parents=True)
+before = pathlib.Path(args[args.index('--in') + 1], 'value.txt').read_text() if '--in' in args else ''
+(out / 'value.txt').write_text(before + stage)
+open(os.environ['ORDER_LOG'], 'a').write(stage + '\n')
+"""
+
+
+def stage_spec(tmp_path: Path) -> dict:
+    """ingest -> register (an artifact between them) -> announce (a plain command; `depends` only, no artifact)."""
+    cli_path = tmp_path / "bin" / "sentimentops"
+    cli_path.parent.mkdir(exist_ok=True)
+    cli_path.write_text(FAKE_CLI.replace("{python}", sys.executable))
+    cli_path.chmod(0o755)
+
+    def stage(name: str, args: list[str], inputs: dict | None = None) -> dict:
+        tpl = container(name, "", [name, *args, "--out", "{{outputs.artifacts.out.path}}"], inputs=inputs,
+                        outputs={"artifacts": [{"name": "out", "path": "/tmp/out/out"}]})
+        tpl["container"]["command"] = [str(cli_path)]
+        return tpl
+
+    templates = [stage("ingest", []),
+                 stage("register", ["--in", "{{inputs.artifacts.data.path}}"],
+                       inputs={"artifacts": [{"name": "data", "path": "/tmp/in/data"}]})]
+    tasks = [{"name": "ingest", "template": "ingest"},
+             {"name": "register", "template": "register", "depends": "ingest",
+              "arguments": {"artifacts": [{"name": "data", "from": "{{tasks.ingest.outputs.artifacts.out}}"}]}},
+             mark("announce", depends="register")]
+    return make_spec(tasks, templates)
+
+
+@pytest.fixture
+def profile(tmp_path):
+    """A copy of the local profile, selected by path through SENTIMENTOPS_PROFILE; edit(section, key, value)."""
+    from sentimentops.steps.core.config import load_profile
+
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(load_profile("local")))
+
+    def edit(section: str, key: str, value) -> None:
+        content = yaml.safe_load(path.read_text())
+        content[section][key] = value
+        path.write_text(yaml.safe_dump(content))
+
+    edit.path = path
+    return edit
+
+
+def stages(tmp_path: Path, profile, **env) -> dict:
+    result = go(tmp_path, stage_spec(tmp_path),
+                env={"ORDER_LOG": str(tmp_path / "order.log"), "SENTIMENTOPS_PROFILE": str(profile.path), **env})
+    assert result.phase == "Succeeded", result.message
+    return {name: (rec.phase, rec.decision) for name, rec in result.tasks.items()}
+
+
+def phases(tasks: dict) -> list[str]:
+    return [tasks[name][0] for name in ("ingest", "register", "announce")]
+
+
+def test_unchanged_steps_are_reused_and_say_why(tmp_path, profile):
+    first = stages(tmp_path, profile)
+    assert phases(first) == ["Succeeded"] * 3
+    assert first["ingest"][1] == "run (not run before in this folder)"
+    again = stages(tmp_path, profile)
+    assert phases(again) == ["Reused"] * 3
+    assert again["register"][1] == "reused (fingerprint unchanged)"
+    assert order(tmp_path) == ["ingest", "register", "announce"]
+    parts = json.loads((tmp_path / "run/status.json").read_text())["tasks"]["register"]["fingerprint_parts"]
+    assert {"args", "input.data", "upstream.ingest", "settings.register.baseline_accuracy",
+            "settings.common.home", "env.SENTIMENTOPS_PROFILE", "code.source"} <= set(parts)
+    assert "settings.ingest.fallback_sources" not in parts  # another stage's section
+
+
+def test_a_stage_section_edit_reruns_that_stage_and_what_follows_it(tmp_path, profile):
+    stages(tmp_path, profile)
+    profile("register", "baseline_accuracy", 0.99)
+    tasks = stages(tmp_path, profile)
+    assert phases(tasks) == ["Reused", "Succeeded", "Succeeded"]
+    assert tasks["register"][1] == "re-run (settings changed: register.baseline_accuracy)"
+    # No artifact links announce to register: it re-runs because register ran again (a rollout after register).
+    assert tasks["announce"][1] == "re-run (upstream re-ran: register)"
+    log = (tmp_path / "run/runner.log").read_text()
+    assert "register     Running  re-run (settings changed: register.baseline_accuracy)" in log
+    assert phases(stages(tmp_path, profile)) == ["Reused"] * 3
+
+
+def test_a_common_section_edit_reruns_every_step(tmp_path, profile):
+    stages(tmp_path, profile)
+    profile("common", "experiment", "another-experiment")
+    tasks = stages(tmp_path, profile)
+    assert phases(tasks) == ["Succeeded"] * 3
+    assert tasks["ingest"][1] == "re-run (settings changed: common.experiment)"
+    # ingest wrote the same bytes again, so only the dependency and the common setting differ for register
+    assert tasks["register"][1] == "re-run (upstream re-ran: ingest; settings changed: common.experiment)"
+
+
+def test_a_settings_variable_in_the_runner_env_counts_and_log_settings_do_not(tmp_path, profile, monkeypatch):
+    stages(tmp_path, profile)
+    monkeypatch.setenv("SENTIMENTOPS_LOG_FORMAT", "json")  # changes no result
+    monkeypatch.setenv("SENTIMENTOPS_SERVE_PORT", "9000")  # a section no task here reads
+    assert phases(stages(tmp_path, profile)) == ["Reused"] * 3
+    monkeypatch.setenv("SENTIMENTOPS_REGISTER_BASELINE_ACCURACY", "0.5")
+    tasks = stages(tmp_path, profile)
+    assert phases(tasks) == ["Reused", "Succeeded", "Succeeded"]
+    assert tasks["register"][1] == "re-run (env changed: SENTIMENTOPS_REGISTER_BASELINE_ACCURACY)"
+
+
+def test_a_code_change_reruns_every_step(tmp_path, profile, monkeypatch):
+    from sentimentops.workflows.runner import fingerprint
+
+    stages(tmp_path, profile)
+    monkeypatch.setattr(fingerprint, "code_parts", lambda: {"code.source": "0" * 16})
+    tasks = stages(tmp_path, profile)
+    assert phases(tasks) == ["Succeeded"] * 3
+    assert tasks["ingest"][1] == "re-run (code changed)"
+
+
+def test_source_hash_covers_code_and_data_not_profiles_rendered_specs_or_caches(tmp_path):
+    from sentimentops.workflows.runner.fingerprint import source_hash
+
+    files = {"steps/train.py": "x = 1", "steps/demo/reviews.jsonl": "{}", "steps/profiles/local.yaml": "a: 1",
+             "steps/__pycache__/train.cpython-311.pyc": "b", "workflows/rendered/wf.yaml": "kind: W",
+             "workflows/runner/run.py": "y = 2"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    roots = (tmp_path / "steps", tmp_path / "workflows")
+    before = source_hash(roots)
+    for rel in ("steps/profiles/local.yaml", "steps/__pycache__/train.cpython-311.pyc", "workflows/rendered/wf.yaml"):
+        (tmp_path / rel).write_text("edited")
+        assert source_hash(roots) == before, rel
+    for rel in ("steps/train.py", "steps/demo/reviews.jsonl", "workflows/runner/run.py"):
+        (tmp_path / rel).write_text("edited")
+        assert source_hash(roots) != before, rel
+        before = source_hash(roots)

@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from sentimentops.steps.train import perf
-from sentimentops.steps.train.perf import FlopModel, ThroughputMeter, known_peak_flops, matmul_params, measure_matmul_peak
+from sentimentops.steps.train.perf import (
+    FlopModel,
+    ThroughputMeter,
+    known_peak_flops,
+    matmul_params,
+    measure_matmul_peak,
+)
 
 
 def test_matmul_params_count_linear_weights_only():

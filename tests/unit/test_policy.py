@@ -5,14 +5,14 @@ import math
 
 import pytest
 
-from sentimentops.steps.register.promotion import PolicySettings, decide
+from sentimentops.steps.register.promotion import EvalMetrics, PolicySettings, decide
 
 POLICY = PolicySettings(baseline_accuracy=0.80, min_gain_over_baseline=0.0, min_gain_over_champion=0.005,
                         max_f1_drop=0.01)
 
 
-def m(acc: float, f1: float | None = None) -> dict[str, float]:
-    return {"accuracy": acc, "f1": acc if f1 is None else f1}
+def m(acc: float, f1: float | None = None) -> EvalMetrics:
+    return EvalMetrics(accuracy=acc, f1=acc if f1 is None else f1)
 
 
 @pytest.mark.parametrize(
@@ -29,8 +29,8 @@ def m(acc: float, f1: float | None = None) -> dict[str, float]:
         ("F1 drop within tolerance", m(0.92, 0.895), m(0.90, 0.90), {}, True, "beats the champion"),
         ("beats champion but not baseline", m(0.75), m(0.70), {}, False, "below the baseline"),
         ("NaN accuracy", m(math.nan), None, {}, False, "not finite"),
-        ("missing F1", {"accuracy": 0.9}, None, {}, False, "not finite"),
-        ("champion could not be scored", m(0.85), {"accuracy": math.nan, "f1": math.nan}, {}, True,
+        ("missing F1", EvalMetrics.from_mapping({"accuracy": 0.9}), None, {}, False, "not finite"),
+        ("champion could not be scored", m(0.85), EvalMetrics(accuracy=math.nan, f1=math.nan), {}, True,
          "could not be scored"),
         ("already champion (re-run after crash)", m(0.85), m(0.85), {"challenger_is_champion": True}, True,
          "already the champion"),
@@ -51,3 +51,10 @@ def test_margin_over_baseline_is_applied():
 def test_every_check_is_recorded():
     decision = decide(m(0.92, 0.80), m(0.90, 0.90), POLICY)
     assert decision.checks == {"beats_baseline": True, "beats_champion": True, "f1_within_tolerance": False}
+
+
+def test_metrics_from_an_evaluate_manifest_or_registry_tags():
+    assert EvalMetrics.from_mapping({"test_accuracy": 0.9, "test_f1": 0.8, "test_roc_auc": 0.95}, "test_") == \
+        EvalMetrics(0.9, 0.8, 0.95)
+    tags = EvalMetrics.from_mapping({"test_accuracy": "0.900000", "test_f1": "oops"}, "test_")
+    assert tags.accuracy == 0.9 and math.isnan(tags.f1) and math.isnan(tags.roc_auc)

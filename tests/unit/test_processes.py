@@ -1,4 +1,4 @@
-"""steps/processes.py: a child's whole process group ends with it (issue 10: a retrain orphaned by a failed test
+"""steps/core/processes.py: a child's whole process group ends with it (issue 10: a retrain orphaned by a failed test
 loaded the machine for every later test), and waits are for conditions, failing at once when a process dies."""
 from __future__ import annotations
 

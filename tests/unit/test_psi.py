@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
+from sentimentops.steps.core.contract import content_share
 from sentimentops.steps.core.psi import (
     EPS,
     DriftReference,
     bin_counts,
     build_reference,
     category_counts,
-    continuation_share,
     features_from_predictions,
     psi,
     quantile_edges,
@@ -69,10 +69,10 @@ def test_unknown_category_gets_its_own_bin():
     assert category_counts(["negative", "positive", "neutral"], ["negative", "positive"]).tolist() == [1, 1, 1]
 
 
-def test_continuation_share_ignores_special_tokens():
+def test_content_share_ignores_special_tokens():
     tokens = ["[CLS]", "un", "##believ", "##able", "film", "[SEP]"]
-    assert continuation_share(tokens, {"[CLS]", "[SEP]"}) == pytest.approx(0.5)
-    assert continuation_share(["[CLS]", "[SEP]"], {"[CLS]", "[SEP]"}) == 0.0
+    assert content_share(tokens, [1, 0, 0, 0, 0, 1]) == pytest.approx(0.5)
+    assert content_share(["[CLS]", "[SEP]"], [1, 1]) == 0.0
 
 
 def _features(rng, n, length_mean=230.0, p_positive=0.5):

@@ -10,12 +10,12 @@ from datetime import timedelta
 
 import pytest
 
+from sentimentops.steps.core.tracking import configure
 from sentimentops.steps.rollout import kserve
 from sentimentops.steps.rollout.controller import Controller, RolloutError, Timing
 from sentimentops.steps.rollout.policy import Observation, RolloutPolicy, Side
 from sentimentops.steps.rollout.registry import Registry, storage_uri
 from sentimentops.steps.rollout.state import RolloutState
-from sentimentops.steps.core.tracking import configure
 from tests.contract.test_rollout_kserve import ISVC, FakeCore, FakeCustomObjects
 
 

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from kserve.errors import InvalidInput as KServeInvalidInput
 
+from sentimentops.steps.core.backends import Encoded
+from sentimentops.steps.core.contract import ModelFolder, read_model_folder
 from sentimentops.steps.register.onnx_export import ExportReport, int8_accepted
 from sentimentops.steps.serve import errors
 from sentimentops.steps.serve.app import parse_v2
-from sentimentops.steps.core.backends import Encoded
 from sentimentops.steps.serve.batching import Batcher, BatchSettings, group_by_length
 from sentimentops.steps.serve.metrics import PROTOCOLS, Metrics
-from sentimentops.steps.serve.model import Artifacts, choose_backend, find_artifacts
+from sentimentops.steps.serve.model import choose_backend
 from sentimentops.steps.serve.records import PredictionLog, record
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -248,21 +249,21 @@ def test_pyfunc_folder_artifacts_come_from_the_mlmodel_mapping(tmp_path):
         "run_id: r42\nflavors:\n  python_function:\n    artifacts:\n"
         "      model_dir: {path: artifacts/hf}\n      onnx: {path: artifacts/x}\n"
         "      drift_reference: {path: artifacts/drift_reference.json}\n")
-    found = find_artifacts(tmp_path)
-    assert found == Artifacts(tmp_path / "artifacts/hf", tmp_path / "artifacts/x",
-                              tmp_path / "artifacts/drift_reference.json", "r42")
+    found = read_model_folder(tmp_path)
+    assert found == ModelFolder(tmp_path, tmp_path / "artifacts/hf", tmp_path / "artifacts/x",
+                                tmp_path / "artifacts/drift_reference.json", "r42")
     (tmp_path / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts: {}\n")
     with pytest.raises(FileNotFoundError, match="model_dir"):
-        find_artifacts(tmp_path)
+        read_model_folder(tmp_path)
 
 
 def test_backend_choice(tmp_path):
     onnx = tmp_path / "onnx"
     onnx.mkdir()
-    plain = Artifacts(tmp_path)
+    plain = ModelFolder(tmp_path, tmp_path)
     assert choose_backend(plain, "auto", gpu=False) == "torch"  # no export: torch
     (onnx / "model.onnx").write_bytes(b"")
-    exported = Artifacts(tmp_path, onnx)
+    exported = ModelFolder(tmp_path, tmp_path, onnx)
     report = ExportReport("int8", 0.8, 0.799, 0.1, 0.5, True, "t.parquet", 10, 1.0)
     (onnx / "export.json").write_text(json.dumps(report.__dict__))
     assert choose_backend(exported, "auto", gpu=False) == "onnx-int8"
@@ -424,7 +425,7 @@ def test_wait_when_idle_gathers_even_on_an_idle_batcher():
     assert calls == [3]
 
 
-def test_model_uri_without_mlflow_is_a_clear_error_not_a_traceback(monkeypatch, capsys, home):
+def test_model_uri_without_mlflow_is_a_clear_error_not_a_traceback(monkeypatch, caplog, home):
     import sys
 
     from sentimentops.steps.serve import server
@@ -432,5 +433,5 @@ def test_model_uri_without_mlflow_is_a_clear_error_not_a_traceback(monkeypatch, 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as in the serve image: `import mlflow` fails
     monkeypatch.setitem(sys.modules, "mlflow.exceptions", None)
     assert server.main(["--model-uri", "models:/sentiment@champion"]) == 2
-    err = capsys.readouterr().err
+    err = caplog.text  # logged (core.logs), not printed
     assert "needs MLflow" in err and "inferenceService.storageUri" in err and "Traceback" not in err

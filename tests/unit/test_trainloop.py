@@ -1,4 +1,5 @@
-"""The training loop and batch scoring on CPU with a tiny DistilBERT (sentimentops.steps.train.loop)."""
+"""The training loop and batch scoring on CPU with a tiny DistilBERT (sentimentops.steps.train.loop and its
+neighbours; sentimentops.steps.core.kernels and .scoring)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from sentimentops.steps.train.loop import (
-    CHECKPOINT_NAME,
+from sentimentops.steps.core.kernels import choose_sdpa_backend, compile_blocks, resolve_precision
+from sentimentops.steps.core.scoring import predict_proba
+from sentimentops.steps.train.checkpoint import CHECKPOINT_NAME
+from sentimentops.steps.train.loop import LoopConfig, LoopResult, StepLog, train
+from sentimentops.steps.train.optim import (
     MIN_OPTIMIZER_STEPS,
-    LoopConfig,
-    LoopResult,
-    StepLog,
     batch_size_for,
-    choose_sdpa_backend,
-    compile_blocks,
     linear_warmup_decay,
-    predict_proba,
-    resolve_precision,
     scaled_learning_rate,
-    train,
 )
 
 

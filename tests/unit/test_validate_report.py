@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
-from sentimentops.steps.validate.cli import ExpectationOutcome, ValidationResult
+from sentimentops.steps.validate.checks import ExpectationOutcome, ValidationResult
 from sentimentops.steps.validate.report import render_html, render_json, render_markdown, write_reports
 
 

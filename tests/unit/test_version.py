@@ -56,7 +56,10 @@ def test_changed_data_gets_a_new_hash(home, tmp_path):
     assert a["dvc_md5"] != b["dvc_md5"]
 
 
-def test_empty_folder_is_refused(home, tmp_path, capsys):
+# A data error (steps/core/errors.py): exit 1 (it was 2 before the stage exit table).
+def test_empty_or_missing_folder_is_refused(home, tmp_path, caplog):
     (tmp_path / "empty").mkdir()
-    assert version_main(["--dataset", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
-    assert "no parquet files" in capsys.readouterr().err
+    assert version_main(["--dataset", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 1
+    assert "no parquet files" in caplog.text
+    assert version_main(["--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
+    assert "does not exist" in caplog.text and not (tmp_path / "o").exists()

@@ -6,7 +6,13 @@ import re
 
 import pytest
 
-from sentimentops.workflows.argo.expressions import DEPENDS_IDENTIFIER, ExpressionError, evaluate_when, names, parse
+from sentimentops.workflows.argo.expressions import (
+    DEPENDS_IDENTIFIER,
+    ExpressionError,
+    evaluate_when,
+    names,
+    parse,
+)
 from sentimentops.workflows.argo.spec import DagTask, depends_on, depends_satisfied
 
 

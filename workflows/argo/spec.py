@@ -73,10 +73,6 @@ def substitute(text: str, values: Mapping[str, str], where: str) -> str:
     return _VARIABLE.sub(repl, text)
 
 
-def template_variables(text: str) -> list[str]:
-    return [m.group(1) for m in _VARIABLE.finditer(text)]
-
-
 def _container(t: dict) -> ContainerTemplate:
     c = t["container"]
     if not c.get("command"):

@@ -29,7 +29,7 @@ from hera.workflows.models import (
     ValueFrom,
 )
 
-from sentimentops.workflows.definitions.training import (
+from sentimentops.workflows.definitions.common import (
     OUTPUT_ROOT,
     PROFILE_PARAM,
     WorkflowParam,

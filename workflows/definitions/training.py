@@ -11,9 +11,7 @@ template named `...-v0-1-0` runs the 0.1.0 images unless a submission overrides 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from itertools import pairwise
 
 from hera.workflows import (
@@ -28,21 +26,23 @@ from hera.workflows import (
 )
 from hera.workflows.models import (
     Backoff,
-    Metadata,
-    Mutex,
-    PodGC,
-    PodSecurityContext,
-    Synchronization,
     Toleration,
-    TTLStrategy,
     ValueFrom,
 )
 
+from sentimentops.workflows.definitions import rollout
+from sentimentops.workflows.definitions.common import (
+    INPUT_ROOT,
+    OUTPUT_ROOT,
+    PROFILE_PARAM,
+    WorkflowParam,
+    dns_label,
+    image_params,
+    package_version,
+    template_settings,
+)
+
 TEMPLATE_BASENAME = "sentiment-training"
-# Artifacts live at fixed container paths; the args reference them through {{inputs/outputs.artifacts.X.path}},
-# so the local runner can map them into its run folder without knowing these strings.
-INPUT_ROOT = "/tmp/sentimentops/inputs"
-OUTPUT_ROOT = "/tmp/sentimentops/outputs"
 # GKE labels every node with its pool name; terraform/ creates the GPU pool as `gpu-pool` (tainted
 # nvidia.com/gpu=present:NoSchedule, which GKE also adds by itself to GPU pools).
 GPU_NODE_SELECTOR = {"cloud.google.com/gke-nodepool": "gpu-pool"}
@@ -53,64 +53,8 @@ TRAINING_MUTEX = "sentiment-training"
 TRAINING_SERVICE_ACCOUNT = "sentimentops-training"
 
 
-def package_version() -> str:
-    """The installed `sentimentops` version (the template name and the default image tag carry it)."""
-    try:
-        return version("sentimentops")
-    except PackageNotFoundError:  # a bare checkout without `pip install -e .`
-        return "0.0.0"
-
-
-def dns_label(text: str) -> str:
-    """Lower-case DNS-1123 label: `0.1.0` -> `0-1-0` (Kubernetes object names allow no dots in labels)."""
-    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    return label[:63].rstrip("-")
-
-
 def template_name(pkg_version: str | None = None) -> str:
     return dns_label(f"{TEMPLATE_BASENAME}-v{pkg_version or package_version()}")
-
-
-@dataclass(frozen=True)
-class WorkflowParam:
-    name: str
-    default: str
-    description: str
-    enum: tuple[str, ...] = ()
-
-
-PROFILE_PARAM = WorkflowParam("profile", "gke", "Config profile exported as SENTIMENTOPS_PROFILE (gke in the cluster)",
-                              ("gke", "local"))
-
-
-def image_params(pkg_version: str) -> list[WorkflowParam]:
-    """Where every template's stage images come from (sentimentops-<stage>:<tag>)."""
-    return [WorkflowParam("image-registry", "europe-west4-docker.pkg.dev/sentimentops/sentimentops",
-                          "Registry holding the per-stage images sentimentops-<stage>"),
-            WorkflowParam("image-tag", pkg_version, "Tag of the per-stage images (defaults to the package version)")]
-
-
-def template_settings(component: str, pkg_version: str, params: list[WorkflowParam], service_account: str,
-                      mutex: str) -> dict:
-    """What every SentimentOps WorkflowTemplate shares: labels (also on every Workflow started from it, so `argo
-    list -l` finds runs by version), its parameters, one run at a time (mutex), a success kept a day (the UI link
-    in the Slack message stays valid) and a failure a week, successful pods removed at once (failed ones stay for
-    `kubectl logs`), the chart's Workload Identity ServiceAccount, and pods that refuse root (the stage images run
-    as uid 10001, images/; checkov CKV_ARGO_1/2)."""
-    labels = {"app.kubernetes.io/name": "sentimentops", "app.kubernetes.io/component": component,
-              "app.kubernetes.io/version": pkg_version}
-    return {
-        "labels": labels,
-        "arguments": [Parameter(name=p.name, value=p.default, description=p.description, enum=list(p.enum) or None)
-                      for p in params],
-        "workflow_metadata": Metadata(labels=labels),
-        "synchronization": Synchronization(mutexes=[Mutex(name=mutex)]),
-        "ttl_strategy": TTLStrategy(seconds_after_success=86400, seconds_after_failure=604800),
-        "pod_gc": PodGC(strategy="OnPodSuccess"),
-        "service_account_name": service_account,
-        "security_context": PodSecurityContext(run_as_non_root=True, run_as_user=10001, run_as_group=10001,
-                                               fs_group=10001),
-    }
 
 
 def workflow_params(pkg_version: str) -> list[WorkflowParam]:
@@ -141,10 +85,15 @@ def workflow_params(pkg_version: str) -> list[WorkflowParam]:
 
 def rollout_workflow_params() -> list[WorkflowParam]:
     """The rollout template's parameters, as `rollout-<name>` here (the candidate is always `challenger`)."""
-    from sentimentops.workflows.definitions import rollout
 
     return [WorkflowParam(f"rollout-{p.name}", p.default, p.description, p.enum)
             for p in rollout.rollout_params() if p.name != "model"]
+
+
+# Argo's retry expression (expr-lang, not govaluate): retry a pod error (eviction, preemption: the exit code may be
+# -1) or a stage's exit status 3 and above, never a data error (1) or a usage error (2); steps/core/errors.py holds
+# the table. With retryPolicy Always, Argo retries only when the policy and the expression both allow it.
+NOT_RETRIED = 'lastRetry.status == "Error" || asInt(lastRetry.exitCode) > 2'
 
 
 def _retry(limit: int, policy: str, expression: str | None = None) -> RetryStrategy:
@@ -173,21 +122,25 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    # Exit 2 = bad source (a typo will not fix itself); any other failure (hub or GCS hiccup) is retried.
+    # Retries follow the stages' exit statuses (steps/core/errors.py): 1 (data) and 2 (usage) are deterministic and
+    # never retried; 3 (anything else: hub, GCS or MLflow hiccup, a CUDA fault) and pod errors are (NOT_RETRIED).
     Stage("ingest", "dataset", params=("source", "sample-size", "test-size", "val-fraction", "seed"),
-          retry=_retry(3, "Always", "asInt(lastRetry.exitCode) != 2")),
+          retry=_retry(3, "Always", NOT_RETRIED)),
     # Exit 1 = the dataset failed its expectations: a data failure, so only pod errors (eviction,
     # preemption) are retried, never the verdict.
     Stage("validate", "validation", inputs=("dataset",), retry=_retry(2, "OnError")),
-    Stage("version", "version", inputs=("dataset",), retry=_retry(3, "Always")),
-    # Always: GPU nodes are preemptible (pod Error) and CUDA/driver faults exit non-zero; two retries bound
-    # the cost of a deterministic failure such as an OOM.
+    Stage("version", "version", inputs=("dataset",), retry=_retry(3, "Always", NOT_RETRIED)),
+    # Always: GPU nodes are preemptible (pod Error) and CUDA/driver faults exit 3; two retries bound the cost of a
+    # deterministic failure such as an OOM.
     Stage("train", "model", inputs=("dataset", "version"),
           params=("base-model", "epochs", "batch-size", "learning-rate", "max-length", "seed"),
+          retry=_retry(2, "Always", NOT_RETRIED),
           resources=Resources(cpu_request="4", memory_request="16Gi", gpus=1), gpu=True),
-    Stage("evaluate", "evaluation", inputs=("dataset", "model"),
+    Stage("evaluate", "evaluation", inputs=("dataset", "model"), retry=_retry(2, "Always", NOT_RETRIED),
           resources=Resources(cpu_request="2", memory_request="8Gi")),
-    Stage("register", "registration", inputs=("model", "evaluation", "version"), output_params=("promoted",)),
+    # register gets the dataset itself: its test split checks the int8 ONNX export (and proves the lineage).
+    Stage("register", "registration", inputs=("dataset", "model", "evaluation", "version"),
+          retry=_retry(2, "Always", NOT_RETRIED), output_params=("promoted",)),
 )
 
 
@@ -227,7 +180,6 @@ def stage_container(stage: Stage) -> Container:
 def add_rollout(register) -> None:
     """deploy-canary -> analyse -> promote | rollback after `register`, only when the policy passed and the
     `rollout` parameter asks for it (the same task builders as the sentiment-rollout template)."""
-    from sentimentops.workflows.definitions import rollout
 
     def source(param: str) -> str:
         return "challenger" if param == "model" else f"{{{{workflow.parameters.rollout-{param}}}}}"

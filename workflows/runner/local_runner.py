@@ -1,20 +1,30 @@
 """Execute a rendered Argo DAG on this machine: the same YAML the cluster runs, one subprocess per task.
 
 Run folder layout (RUN = --run-dir):
-  RUN/status.json                    workflow phase, parameters, and per task: phase, started, finished, argv, ...
+  RUN/status.json                    workflow phase, parameters, and per task: phase, started, finished, argv,
+                                     fingerprint, fingerprint_parts, decision (why it was reused or run)
+  RUN/runner.log                     every run's task lines, appended: what ran, what was reused, and why
   RUN/<task>/log.txt                 the task's merged stdout+stderr
   RUN/<task>/outputs/<artifact>/     each output artifact folder; a consumer's input path points here (no copy)
 
 Tasks run one at a time in dependency order (a 2-core laptop gains nothing from running stages side by side).
-A task is reused, not re-run, when its fingerprint (substituted argv + env overrides + content hash of its
-input folders) equals the one recorded by a previous successful run in the same folder and its outputs
-exist: a failed or `--stop-after` run resumes where it stopped. retryStrategy is not applied locally: a
-local failure is reported at once, and re-running resumes.
+This runner is the one reuse authority. A task is reused, not re-run, when its fingerprint equals the one a
+previous successful run recorded in the same folder and its outputs exist. The fingerprint covers everything
+the result depends on (workflows/runner/fingerprint.py): the substituted args, the env (the template's, `--env`,
+and the `SENTIMENTOPS_*` variables the stage reads), the content of its input artifacts, the tasks it depends
+on (one that ran again makes it run again), its resolved settings (the selected profile's `common` section and
+the stage's own section, key by key) and the code version (a hash of the package source).
+So an edited profile value re-runs the stages that read it and their dependents, a code edit re-runs
+everything, and a failed or `--stop-after` run resumes where it stopped. Each decision names the parts that
+changed, e.g. `register  Succeeded  in 3.1s; re-run: settings changed: register.baseline_accuracy`.
+retryStrategy is not applied locally: a local failure is reported at once, and re-running resumes.
+
+Longer than 350 lines: `_Run` is one state machine (order, `when`/`depends`, artifact mapping, reuse, status
+file); the fingerprint and the process streaming already live apart (fingerprint.py, process.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,18 +37,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from sentimentops.steps.core.logs import emit
+from sentimentops.steps.core.manifests import hash_dir
 from sentimentops.workflows.argo.expressions import ExpressionError, evaluate_when
-from sentimentops.workflows.runner.process import run_streaming
 from sentimentops.workflows.argo.spec import (
     ContainerTemplate,
     DagTask,
     SpecError,
     WorkflowSpec,
+    depends_on,
     depends_satisfied,
     load_spec,
     substitute,
     topological_order,
 )
+from sentimentops.workflows.runner import fingerprint as fp
+from sentimentops.workflows.runner.process import run_streaming
 
 _FROM = re.compile(r"^\{\{\s*tasks\.([^.{}]+)\.outputs\.artifacts\.([^.{}]+)\s*\}\}$")
 DONE = ("Succeeded", "Reused")
@@ -56,6 +70,8 @@ class TaskRecord:
     exit_code: int | None = None
     log: str | None = None
     fingerprint: str | None = None
+    fingerprint_parts: dict[str, str] = field(default_factory=dict)  # part -> short hash (fingerprint.py)
+    decision: str = ""  # why it was reused or run: `reused: fingerprint unchanged`, `re-run: settings changed: ...`
     message: str = ""
     outputs: dict[str, str] = field(default_factory=dict)  # output parameter -> value
 
@@ -85,26 +101,19 @@ class Invocation:
     outputs: dict[str, Path]
     output_parameters: dict[str, tuple[Path, str | None]]
 
-    def fingerprint(self) -> str:
-        payload = {
-            "argv": self.argv,
-            "env": sorted(self.env.items()),
-            "inputs": {name: hash_dir(path) for name, path in sorted(self.inputs.items())},
-        }
-        return "sha256:" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def hash_dir(path: Path) -> str:
-    """Content hash of a folder (relative paths + bytes), independent of mtimes and of where it lives."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
+    def fingerprint_parts(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """args, env, inputs and resolved settings (fingerprint.py); `environ` is the runner's own environment."""
+        stage = fp.stage_of(self.argv)
+        sections = fp.sections_of(stage)
+        env = fp.applicable_env(environ, sections) | self.env  # what the step process sees
+        parts = {"args": fp.short_hash(self.argv)}
+        parts |= {f"env.{k}": fp.short_hash(v) for k, v in sorted(env.items())}
+        parts |= {f"input.{name}": fp.short_hash(hash_dir(path)) for name, path in sorted(self.inputs.items())}
+        try:
+            parts |= fp.settings_parts(sections, fp.profile_name(self.argv, env))
+        except (ValueError, OSError) as exc:  # an unknown profile, an unreadable file: the step could not run either
+            raise SpecError(f"{stage}: settings: {exc}") from exc
+        return parts
 
 
 def _now() -> str:
@@ -130,6 +139,7 @@ class _Run:
         self.workflow_name = workflow_name
         self.records = {t.name: TaskRecord(t.name) for t in spec.tasks}
         self.previous = self._load_previous()
+        self.code = fp.code_parts()  # once per run: hashing the source per task would cost seconds for nothing
 
     def _load_previous(self) -> dict[str, dict]:
         try:
@@ -150,8 +160,13 @@ class _Run:
         os.replace(tmp, self.run_dir / "status.json")  # readers never see a half-written file
 
     def say(self, rec: TaskRecord, detail: str = "") -> None:
-        self.out.write(f"[runner] {rec.name:<12} {rec.phase}{'  ' + detail if detail else ''}\n")
-        self.out.flush()
+        self.line(f"{rec.name:<12} {rec.phase}{'  ' + detail if detail else ''}")
+
+    def line(self, text: str) -> None:
+        """A line of the run's transcript: on `out`, between the steps' own lines, and appended to RUN/runner.log."""
+        emit(f"[runner] {text}", stream=self.out)
+        with open(self.run_dir / "runner.log", "a") as log:
+            log.write(f"{_now()} {text}\n")
 
     def values(self) -> dict[str, str]:
         """Variables visible to DAG-level fields (task arguments, `when`)."""
@@ -225,10 +240,31 @@ class _Run:
                 raise FileNotFoundError(f"output parameter {name}: {path} not written")
         return values
 
-    def reusable(self, rec: TaskRecord, inv: Invocation) -> bool:
+    def upstream_parts(self, task: DagTask) -> dict[str, str]:
+        """Each dependency's identity in this run: unchanged while it is reused, new whenever it runs again."""
+        parts = {}
+        for dep in depends_on(task):
+            r = self.records[dep]
+            phase = "Succeeded" if r.phase == "Reused" else r.phase
+            parts[f"upstream.{dep}"] = fp.short_hash([phase, r.fingerprint, r.finished])
+        return parts
+
+    def decide(self, rec: TaskRecord, inv: Invocation) -> tuple[bool, str]:
+        """(reuse?, why) against the record of the previous run in this folder."""
         prev = self.previous.get(rec.name) or {}
-        return (prev.get("phase") in DONE and prev.get("fingerprint") == rec.fingerprint
-                and all(p.exists() for p in inv.outputs.values()))
+        phase = prev.get("phase")
+        if phase in (None, "Pending"):
+            return False, "run (not run before in this folder)"
+        if phase not in DONE:
+            return False, f"re-run (last run {phase})"
+        if prev.get("fingerprint") != rec.fingerprint:
+            before = prev.get("fingerprint_parts")
+            why = fp.changes(before, rec.fingerprint_parts) if before else "fingerprint from an older runner"
+            return False, f"re-run ({why})"
+        missing = [name for name, path in inv.outputs.items() if not path.exists()]
+        if missing:
+            return False, f"re-run (output missing: {', '.join(missing)})"
+        return True, "reused (fingerprint unchanged)"
 
     def execute(self, task: DagTask, rec: TaskRecord, inv: Invocation) -> None:
         task_dir = self.run_dir / task.name
@@ -237,7 +273,8 @@ class _Run:
         (task_dir / "outputs").mkdir(parents=True)
         rec.phase, rec.started, rec.log = "Running", _now(), str(task_dir / "log.txt")
         self.save("Running")
-        self.say(rec, f"$ {shlex.join(inv.argv)}")
+        self.say(rec, rec.decision)
+        self.line(f"{rec.name:<12} $ {shlex.join(inv.argv)}")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **inv.env}
         result = run_streaming(task.name, inv.argv, env, task_dir / "log.txt", self.out)
         rec.exit_code, rec.finished = result.exit_code, _now()
@@ -258,8 +295,11 @@ class _Run:
             rec.phase, rec.message = "Skipped", f"when false: {when}"
             return
         inv = self.invocation(task, self.spec.templates[task.template], dag_values)
-        rec.argv, rec.fingerprint = inv.argv, inv.fingerprint()
-        if self.reusable(rec, inv):
+        rec.argv = inv.argv
+        rec.fingerprint_parts = inv.fingerprint_parts(os.environ) | self.upstream_parts(task) | self.code
+        rec.fingerprint = fp.combine(rec.fingerprint_parts)
+        reuse, rec.decision = self.decide(rec, inv)
+        if reuse:
             prev = self.previous[task.name]
             rec.phase, rec.started, rec.finished = "Reused", prev.get("started"), prev.get("finished")
             rec.outputs, rec.log, rec.exit_code = self.read_outputs(inv), prev.get("log"), 0
@@ -270,7 +310,7 @@ class _Run:
     def run(self, stop_after: str | None) -> RunResult:
         self.save("Running")
         plan = " -> ".join(t.name for t in topological_order(self.spec))
-        self.out.write(f"[runner] workflow {self.workflow_name}: {plan} (run folder {self.run_dir})\n")
+        self.line(f"workflow {self.workflow_name}: {plan} (run folder {self.run_dir})")
         failed: str | None = None
         stopped = False
         for task in topological_order(self.spec):
@@ -297,8 +337,7 @@ class _Run:
         message = (f"task {failed} failed: {self.records[failed].message}" if failed
                    else f"stopped after {stop_after}" if stopped else "all tasks done")
         self.save(phase)
-        self.out.write(f"[runner] workflow {self.workflow_name} {phase}: {message}\n")
-        self.out.flush()
+        self.line(f"workflow {self.workflow_name} {phase}: {message}")
         return RunResult(phase, self.run_dir, self.workflow_name, self.params, self.records, failed, message)
 
 

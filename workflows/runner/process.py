@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from sentimentops.steps.core.logs import emit
+
 # With no output for this long, print a heartbeat so a quiet step (a download, a DVC push) still shows life.
 HEARTBEAT_S = 30.0
 # A step asked to stop gets this long to exit before it is killed.
@@ -93,8 +95,7 @@ def run_streaming(
                         now = time.monotonic()
                         if now - last_output >= HEARTBEAT_S:
                             prefixer.finish()
-                            out.write(f"[runner] {task}: Running {now - started:.0f}s\n")
-                            out.flush()
+                            emit(f"[runner] {task}: Running {now - started:.0f}s", stream=out)
                             prefixer.at_line_start, last_output = True, now
                         continue
                     chunk = os.read(fd, 65536)

@@ -1,0 +1,154 @@
+"""The contract between the stages: the facts that evaluate, register, the predictor, the drift monitor and the
+rollout controller must agree on, each written once (docs/layout.md; the label rule, the token limit
+and the model-folder layout were each written several times; the PSI 1.5 on identical traffic came from two
+computations of one number).
+
+- labels: `LABELS[class_id]`, and the one decision rule `label_of` / `labels_of` / `class_ids_of`;
+- the token limit `MAX_TOKENS` the predictor truncates at (and evaluate scores at);
+- the registered model folder: artifact keys, file names, and the one reader `read_model_folder`;
+- the ONNX export report file and its reader (written by register, read by the predictor);
+- the `content` drift feature (`content_share`), one definition for evaluate's reference and the predictor.
+
+Only the standard library, numpy and yaml: the serve image (no torch) and the pyfunc imports this module.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# ---- labels -----------------------------------------------------------------------------------------------------
+LABELS = ("negative", "positive")  # index = class id: the training labels (IMDB: 0 negative, 1 positive)
+THRESHOLD = 0.5  # positive iff P(positive) >= THRESHOLD (a tie goes to positive, as it always did everywhere)
+
+
+def label_of(p: float) -> str:
+    """The label for one P(positive)."""
+    return LABELS[1] if p >= THRESHOLD else LABELS[0]
+
+
+def class_ids_of(probs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Class ids (0/1, int64) for P(positive) values: what accuracy and F1 are computed on."""
+    return (np.asarray(probs, dtype=np.float64) >= THRESHOLD).astype(np.int64)
+
+
+def labels_of(probs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Labels (strings) for P(positive) values, vectorised."""
+    return np.asarray(LABELS)[class_ids_of(probs)]
+
+
+# ---- the token limit --------------------------------------------------------------------------------------------
+# DistilBERT's position embeddings (max_position_embeddings = 512): a longer input has no positions, so the
+# predictor truncates there (or rejects, `truncation=reject`), and evaluate scores at the same length so the gated
+# accuracy is the one users get (issue 11, item 7). A model with fewer positions caps it further (TextEncoder).
+MAX_TOKENS = 512
+
+# ---- the registered model folder --------------------------------------------------------------------------------
+# register logs an MLflow pyfunc named MODEL_ARTIFACT; its MLmodel file maps each artifact key to a path
+# (flavors.python_function.artifacts.<key>.path, named after the logged folder, not the key).
+MLMODEL_FILE = "MLmodel"
+MODEL_ARTIFACT = "model"                  # the pyfunc's name inside its run
+MODEL_DIR_KEY = "model_dir"               # the Hugging Face folder (weights + tokenizer.json)
+ONNX_KEY = "onnx"                         # the ONNX export folder: ONNX_MODEL_FILE + EXPORT_REPORT_FILE
+DRIFT_REFERENCE_KEY = "drift_reference"   # evaluate's drift reference (DRIFT_REFERENCE_FILE)
+ONNX_MODEL_FILE = "model.onnx"
+EXPORT_REPORT_FILE = "export.json"
+DRIFT_REFERENCE_FILE = "drift_reference.json"
+
+
+@dataclass
+class ExportReport:
+    """What register's ONNX export decided (steps/register/onnx_export.py writes it, the predictor reads it)."""
+
+    precision: str                  # int8 | fp32: what model.onnx holds
+    accuracy_fp32: float | None
+    accuracy_int8: float | None
+    drop_points: float | None       # (fp32 - int8) * 100
+    max_drop_points: float
+    int8_accepted: bool
+    eval_set: str
+    eval_rows: int
+    seconds: float
+    note: str = ""
+
+    @property
+    def backend(self) -> str:
+        return f"onnx-{self.precision}"
+
+
+def read_export_report(onnx_dir: Path) -> ExportReport | None:
+    """The export report of an ONNX folder, or None when it has none."""
+    path = Path(onnx_dir) / EXPORT_REPORT_FILE
+    if not path.is_file():
+        return None
+    return ExportReport(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """Where the pieces of a model folder are: a registered pyfunc folder (MLmodel + artifacts) or a plain Hugging
+    Face folder (then `root == model_dir`, an `onnx/` subfolder counts when it holds model.onnx)."""
+
+    root: Path
+    model_dir: Path
+    onnx_dir: Path | None = None
+    drift_reference: Path | None = None
+    run_id: str = ""
+
+    @property
+    def onnx_model(self) -> Path | None:
+        """The ONNX file when the export exists on disk."""
+        if self.onnx_dir is None or not (self.onnx_dir / ONNX_MODEL_FILE).is_file():
+            return None
+        return self.onnx_dir / ONNX_MODEL_FILE
+
+    @property
+    def export_report(self) -> ExportReport | None:
+        return read_export_report(self.onnx_dir) if self.onnx_dir is not None else None
+
+
+def read_model_folder(path: Path) -> ModelFolder:
+    """The one reader of a model folder. FileNotFoundError when an MLmodel names no `model_dir` artifact."""
+    import yaml
+
+    root = Path(path)
+    mlmodel = root / MLMODEL_FILE
+    if not mlmodel.is_file():
+        onnx = root / ONNX_KEY
+        return ModelFolder(root, root, onnx if (onnx / ONNX_MODEL_FILE).is_file() else None)
+    spec = yaml.safe_load(mlmodel.read_text()) or {}
+    mapping = ((spec.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+
+    def artifact(key: str) -> Path | None:
+        entry = mapping.get(key)
+        return root / entry["path"] if entry else None
+
+    model_dir = artifact(MODEL_DIR_KEY)
+    if model_dir is None:
+        raise FileNotFoundError(f"{mlmodel}: no `{MODEL_DIR_KEY}` artifact in python_function.artifacts")
+    return ModelFolder(root, model_dir, artifact(ONNX_KEY), artifact(DRIFT_REFERENCE_KEY),
+                       str(spec.get("run_id") or ""))
+
+
+def find_model_root(path: Path) -> Path:
+    """The registered folder (the one holding MLmodel) at or above `path`; `path` itself when there is none."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if (p / MLMODEL_FILE).is_file()), path)
+
+
+# ---- the `content` drift feature -----------------------------------------------------------------------------------
+CONTINUATION_PREFIX = "##"  # WordPiece marks a piece that continues a word
+
+
+def content_share(tokens: Sequence[str], special_mask: Sequence[int]) -> float:
+    """The `content` drift feature (docs/metrics.md): the share of WordPiece continuation tokens (`##...`) among an
+    instance's non-special tokens; 0.0 when there are none. "Special" is the tokenizer's own special-tokens mask
+    (tokenizers' `Encoding.special_tokens_mask`: what the post-processor adds, [CLS] and [SEP]); an `[UNK]` that
+    stands for unknown text is a word. A vocabulary/domain signal from tokens alone, so no raw text is kept."""
+    words = [t for t, special in zip(tokens, special_mask, strict=True) if not special]
+    if not words:
+        return 0.0
+    return sum(1 for t in words if t.startswith(CONTINUATION_PREFIX)) / len(words)

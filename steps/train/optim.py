@@ -1,0 +1,61 @@
+"""Optimizer, learning-rate rule and schedule, and the batch size chosen by data size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def scaled_learning_rate(lr: float, reference_batch_size: int, global_batch_size: int, rule: str) -> float:
+    ratio = global_batch_size / reference_batch_size
+    if rule == "sqrt":
+        return lr * math.sqrt(ratio)
+    if rule == "linear":
+        return lr * ratio
+    if rule == "none":
+        return lr
+    raise ValueError(f"lr_scaling must be sqrt, linear or none, got {rule!r}")
+
+
+def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR factor: linear warm-up to 1 (the first step already moves), then linear decay to 0 at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+# Quality check (benchmarks/results/train_gpu.json, MiniLM-L6 fine-tuned on 10k IMDB reviews for 2 epochs):
+# batch 64 (312 optimizer steps) matched the guide recipe's accuracy exactly, batch 128 (156 steps) ended
+# under-trained (final loss 0.21 against 0.03; -0.42 points). Large batches pay only with enough steps left.
+MIN_OPTIMIZER_STEPS = 300
+
+
+def batch_size_for(n_samples: int, epochs: int, device: torch.device | str, world_size: int = 1,
+                   min_steps: int = MIN_OPTIMIZER_STEPS) -> int:
+    """Per-process batch size chosen by data size: on CUDA the largest of 256, 128, 64 that still gives
+    `min_steps` optimizer steps over the run (64 below that); 32 on CPU (no kernel-efficiency gain there)."""
+    if torch.device(device).type != "cuda":
+        return 32
+    for bs in (256, 128):
+        if n_samples * epochs // (bs * world_size) >= min_steps:
+            return bs
+    return 64
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW without decay on biases and LayerNorm weights (BERT's recipe); fused on CUDA (one kernel for
+    all parameters, and it takes GradScaler's inf flag on the device, so fp16 needs no sync either)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
+
