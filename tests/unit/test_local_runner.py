@@ -440,3 +440,20 @@ def test_source_hash_covers_code_and_data_not_profiles_rendered_specs_or_caches(
         (tmp_path / rel).write_text("edited")
         assert source_hash(roots) != before, rel
         before = source_hash(roots)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream, expected", [(_Terminal, "text"), (io.StringIO, "unset")])
+def test_steps_log_plain_lines_when_a_person_watches_the_runner(tmp_path, monkeypatch, stream, expected):
+    """A step's output is a pipe, so it would log JSON lines (its pod format, steps/core/logs.py); when the runner
+    itself writes to a terminal, the steps get SENTIMENTOPS_LOG_FORMAT=text. A set value is left alone."""
+    monkeypatch.delenv("SENTIMENTOPS_LOG_FORMAT", raising=False)
+    code = "import os; print('format=' + os.environ.get('SENTIMENTOPS_LOG_FORMAT', 'unset'))"
+    spec = make_spec([{"name": "show", "template": "show"}], extra_templates=[container("show", code)])
+    result = run(write(tmp_path, spec), tmp_path / "run", out=stream())
+    assert result.phase == "Succeeded"
+    assert f"format={expected}" in (tmp_path / "run/show/log.txt").read_text()

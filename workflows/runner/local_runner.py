@@ -116,6 +116,13 @@ class Invocation:
         return parts
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -276,6 +283,10 @@ class _Run:
         self.say(rec, rec.decision)
         self.line(f"{rec.name:<12} $ {shlex.join(inv.argv)}")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **inv.env}
+        if "SENTIMENTOPS_LOG_FORMAT" not in env and _is_terminal(self.out):
+            # A step writes into a pipe, so it would log JSON lines (its pod format); a person is watching the
+            # runner on a terminal here, so the steps log plain lines (steps/core/logs.py). Not in the fingerprint.
+            env["SENTIMENTOPS_LOG_FORMAT"] = "text"
         result = run_streaming(task.name, inv.argv, env, task_dir / "log.txt", self.out)
         rec.exit_code, rec.finished = result.exit_code, _now()
         if result.exit_code != 0:
