@@ -183,7 +183,8 @@ class ProfileSource(PydanticBaseSettingsSource):
         self.profile = profile
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self().get(field_name), field_name, False
+        # Required by the base class; pydantic-settings calls __call__ below, which reads the file once.
+        return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         sections = load_profile(self.profile)

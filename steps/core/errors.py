@@ -14,6 +14,7 @@ The serving path has its own table (steps/serve/errors.py: exception -> HTTP sta
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from pydantic import ValidationError
@@ -92,10 +93,10 @@ def stage_main(stage: str) -> Callable[[Callable[[list[str] | None], int | None]
     """Decorator form: `@stage_main("train") def main(argv=None): ...` returns the table's status."""
 
     def wrap(fn: Callable[[list[str] | None], int | None]) -> Callable[..., int]:
+        @functools.wraps(fn)
         def main(argv: list[str] | None = None) -> int:
             return run_stage(stage, lambda: fn(argv))
 
-        main.__doc__, main.__name__, main.__wrapped__ = fn.__doc__, fn.__name__, fn  # type: ignore[attr-defined]
         return main
 
     return wrap
