@@ -16,7 +16,7 @@ STAGES = {
     "validate": "sentimentops.steps.validate.cli",
     "version": "sentimentops.steps.version",
     "train": "sentimentops.steps.train.cli",
-    "evaluate": "sentimentops.steps.evaluate",
+    "evaluate": "sentimentops.steps.evaluate.cli",
     "register": "sentimentops.steps.register.cli",
     "serve": "sentimentops.steps.serve.server",
     "predict": "sentimentops.steps.core.client",

@@ -31,7 +31,7 @@ WINDOW = 200
 
 def prediction_records(model_dir: Path, texts: list[str]) -> tuple[list[str], list[float]]:
     """What the predictor appends per prediction: token count, P(positive), confidence, label, content; no text."""
-    from sentimentops.steps.evaluate import EvaluateSettings, encode, score
+    from sentimentops.steps.evaluate.cli import EvaluateSettings, encode, score
     from sentimentops.steps.serve.records import record
 
     encoded = encode(model_dir, texts)  # the predictor's TextEncoder at contract.MAX_TOKENS
@@ -56,7 +56,7 @@ def metric(port: int, name: str) -> float | None:
 
 @pytest.fixture()
 def loop(tmp_path, imdb_dir, tiny_model_dir):
-    from sentimentops.steps.evaluate import write_drift_reference
+    from sentimentops.steps.evaluate.cli import write_drift_reference
 
     test = pd.read_parquet(imdb_dir / "sample_test.parquet")
     _, probs = prediction_records(tiny_model_dir, test["text"].tolist()[:400])

@@ -77,7 +77,7 @@ def post(url: str, body: dict) -> int:
 def stack(tmp_path_factory, imdb_dir, rt_polarity_file, tiny_model_dir):
     binary = prometheus_binary()
     tmp = tmp_path_factory.mktemp("prometheus-stack")
-    from sentimentops.steps.evaluate import EvaluateSettings, encode, score, write_drift_reference
+    from sentimentops.steps.evaluate.cli import EvaluateSettings, encode, score, write_drift_reference
 
     # the reference exactly as `evaluate` writes it, for the tiny model on held-out IMDB reviews
     test = pd.read_parquet(imdb_dir / "sample_test.parquet")["text"].tolist()[:300]

@@ -41,7 +41,7 @@ def texts(imdb_dir) -> list[str]:
 
 def test_evaluate_reference_features_equal_the_predictor_records(tiny_model_dir, texts):
     from sentimentops.steps.drift.records import parse_records
-    from sentimentops.steps.evaluate import EvaluateSettings, drift_features, encode, score
+    from sentimentops.steps.evaluate.cli import EvaluateSettings, drift_features, encode, score
     from sentimentops.steps.serve.model import ModelInfo, SentimentModel
     from sentimentops.steps.serve.records import record
 
