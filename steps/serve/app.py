@@ -6,13 +6,20 @@ Why our own FastAPI app and not kserve.ModelServer's: its V1/V2 handlers decode 
 so size limits, content-type and UTF-8 errors, and overload could not be answered from one status table, and it
 has no batching (docs/measurements.md, KServe). The routes, bodies and answers are KServe's, so clients and the
 InferenceService see the same protocol.
+
+Longer than 350 lines: the V1 `:explain` verb lives here too, because it shares every step of a request with
+`:predict` (name, readiness, body limits, parsing, the status table); only its scoring differs, and that is
+steps/core/explain.py.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sentimentops.steps.core.contract import label_of
+from sentimentops.steps.core.explain import Explainer, Explanation, WordWeight, backend_scorer
 from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.psi import RECORD_DECIMALS
 from sentimentops.steps.serve import faults
@@ -29,6 +37,7 @@ from sentimentops.steps.serve.errors import (
     InvalidInput,
     NotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     UnsupportedMediaType,
     error_response,
@@ -51,11 +60,37 @@ V2_BODY = {"type": "object", "required": ["inputs"], "properties": {
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 2},
             "datatype": {"type": "string", "enum": ["BYTES"]},
             "data": {"type": "array", "minItems": 1, "items": {"type": "string"}}}}}}}
-PREDICTION = {"type": "object", "properties": {
+PREDICTION_FIELDS: dict[str, Any] = {
     "label": {"type": "string", "enum": ["negative", "positive"]},
     "probability": {"type": "number", "minimum": 0, "maximum": 1, "description": "P(positive)"},
-    "model_name": {"type": "string"}, "model_version": {"type": "string"}}}
+    "model_name": {"type": "string"}, "model_version": {"type": "string"}}
+PREDICTION = {"type": "object", "properties": PREDICTION_FIELDS}
 ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+WORD = {"type": "object", "properties": {
+    "word": {"type": "string"}, "start": {"type": "integer"}, "end": {"type": "integer"},
+    "weight": {"type": "number", "description": "P(positive) minus P(positive) without the word"}}}
+EXPLANATION = {"type": "object", "properties": {
+    **PREDICTION_FIELDS, "method": {"type": "string"}, "occlusion": {"type": "string"},
+    "words": {"type": "array", "items": WORD}, "top": {"type": "array", "items": WORD},
+    "attributed_words": {"type": "integer"}, "total_words": {"type": "integer"}, "truncated": {"type": "boolean"},
+    "forward_passes": {"type": "integer"}}}
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """Bounds of `:explain` (docs/serving.md, Explanations). One instance costs up to 1 + max_words forward passes
+    (a 512-token review: ~65 times a prediction), hence few instances per request and one explanation at a time."""
+
+    max_instances: int = 8      # more in one request: 400
+    max_words: int = 64         # words attributed per instance; the rest is reported as not attributed
+    top_k: int = 5              # words in `top`
+    max_waiting: int = 4        # requests queued behind the running one; more: 503 overloaded
+    batch_tokens: int = 2048    # padded tokens per model call
+    nice: int = 10              # the explain thread's niceness (Linux, per thread): predict's workers come first
+
+
+def _word(w: WordWeight) -> dict[str, Any]:
+    return {"word": w.word, "start": w.start, "end": w.end, "weight": round(w.weight, RECORD_DECIMALS)}
 
 
 def _body(schema: dict, answer: dict) -> dict:
@@ -140,9 +175,36 @@ def parse_v2(payload: Any) -> tuple[list[str], str | None, list[str]]:
     return texts, request_id, names or ["label", "probability"]
 
 
-def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: bool = True) -> FastAPI:
+def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: bool = True,
+               explain: ExplainSettings | None = None) -> FastAPI:
     state: dict[str, bool | str | None] = {"draining": False, "load_error": None}
     fault = faults.from_env()  # off unless SENTIMENTOPS_SERVE_FAULT_* is set (canary tests)
+    explain = explain or ExplainSettings()
+
+    def lower_priority() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), explain.nice)  # Linux: this thread only
+        except (OSError, AttributeError):  # not Linux, or not allowed: still one thread, on one core at a time
+            pass
+
+    # One explanation at a time, off the event loop, through the backend's own calls (ONNX: single-threaded, so
+    # at most one core goes to explanations), at a lower priority, and never through the batcher: its queue, its
+    # metrics and its drift records are predictions', and an explanation's occluded variants are not traffic.
+    explain_pool = ThreadPoolExecutor(1, thread_name_prefix="explain", initializer=lower_priority)
+    explain_state: dict[str, Any] = {"explainer": None, "waiting": 0}
+
+    def explainer() -> Explainer:
+        if explain_state["explainer"] is None:  # built in the explain thread, after the model loaded
+            explain_state["explainer"] = Explainer(
+                model.encoder.tokenizer, backend_scorer(model.backend, model.encoder.pad_id),
+                max_tokens=model.encoder.max_tokens, max_words=explain.max_words, top_k=explain.top_k,
+                batch_tokens=explain.batch_tokens)
+        return explain_state["explainer"]
+
+    def explain_texts(texts: list[str]) -> list[Explanation]:
+        found = [explainer()(text) for text in texts]
+        metrics.explain_passes.inc(sum(e.forward_passes for e in found))
+        return found
 
     def load() -> None:
         try:
@@ -157,6 +219,7 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             threading.Thread(target=load, name="model-load", daemon=True).start()
         yield
         await asyncio.to_thread(model.stop)  # after uvicorn drained the connections: finish the queue
+        explain_pool.shutdown(wait=False)
 
     app = FastAPI(title="sentimentops predictor", version="1", lifespan=lifespan,
                   description="KServe V1/V2 sentiment predictor; see docs/serving.md")
@@ -179,8 +242,8 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             log.error("internal error", exc_info=exc)
         return JSONResponse(body, status.code, headers), status.code, status.reason
 
-    async def handle(protocol: str, request: Request, name: str | None,
-                     answer: Callable[[Any], Any]) -> Response:
+    async def handle(protocol: str, request: Request, name: str | None, answer: Callable[[Any], Any],
+                     observe: Callable[[str, int, float, str | None], None] = metrics.observe_request) -> Response:
         start = time.perf_counter()
         reason = None
         try:
@@ -193,7 +256,7 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             response, code = JSONResponse(await answer(payload)), 200
         except Exception as exc:  # noqa: BLE001 - the status table decides, nothing escapes as a bare 500
             response, code, reason = fail(exc)
-        metrics.observe_request(protocol, code, time.perf_counter() - start, reason)
+        observe(protocol, code, time.perf_counter() - start, reason)
         return response
 
     async def v1_answer(payload: Any) -> dict:
@@ -213,6 +276,26 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             out["id"] = request_id
         return out
 
+    async def explain_answer(payload: Any) -> dict:
+        texts = parse_instances(payload)
+        if len(texts) > explain.max_instances:
+            raise InvalidInput(f"{len(texts)} instances: at most {explain.max_instances} per :explain request "
+                               f"(each costs up to {1 + explain.max_words} forward passes)")
+        model.encode(texts)  # :predict's checks: no tokens left, too long under truncation=reject
+        if explain_state["waiting"] > explain.max_waiting:
+            raise Overloaded(f"{explain_state['waiting']} explanations in progress or waiting: retry later")
+        explain_state["waiting"] += 1  # the event loop's thread alone touches it: no lock
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(explain_pool, explain_texts, texts)
+        finally:
+            explain_state["waiting"] -= 1
+        return {"explanations": [
+            {"label": e.label, "probability": round(e.p_positive, RECORD_DECIMALS), "model_name": model.info.name,
+             "model_version": model.info.version, "method": e.method, "occlusion": e.occlusion,
+             "words": [_word(w) for w in e.words], "top": [_word(w) for w in e.top],
+             "attributed_words": e.attributed_words, "total_words": e.total_words, "truncated": e.truncated,
+             "forward_passes": e.forward_passes} for e in found]}
+
     v1_extra = _body(V1_BODY, {"type": "object", "properties": {
         "predictions": {"type": "array", "items": PREDICTION}}})
     v2_extra = _body(V2_BODY, {"type": "object", "properties": {
@@ -222,6 +305,11 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
     @app.post("/v1/models/{model_name}:predict", openapi_extra=v1_extra, tags=["v1"])
     async def v1_predict(model_name: str, request: Request):
         return await handle("v1", request, model_name, v1_answer)
+
+    @app.post("/v1/models/{model_name}:explain", openapi_extra=_body(V1_BODY, {"type": "object", "properties": {
+        "explanations": {"type": "array", "items": EXPLANATION}}}), tags=["v1"])
+    async def v1_explain(model_name: str, request: Request):
+        return await handle("explain", request, model_name, explain_answer, metrics.observe_explain)
 
     @app.post("/predict", openapi_extra=v1_extra, tags=["plain"])
     async def plain_predict(request: Request):

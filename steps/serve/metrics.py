@@ -41,6 +41,18 @@ class Metrics:
         self.model_info = Gauge("sentiment_model_info", "What is being served (always 1).",
                                 ["model_name", "model_version", "run_id", "backend"], registry=r)
         self.model_ready = Gauge("sentiment_model_ready", "1 once loaded and warmed up.", registry=r)
+        # :explain has its own series: one explanation costs up to 1 + max_words forward passes, so counting it in
+        # the request metrics above would move the p99 and error ratio that alerts and the canary analysis judge.
+        self.explain_duration = Histogram(
+            "sentiment_explain_duration_seconds", "Time from :explain request received to response.", ["status"],
+            registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0))
+        self.explain_requests = Counter("sentiment_explain_requests", ":explain requests answered.", ["status"],
+                                        registry=r)
+        self.explain_passes = Counter("sentiment_explain_forward_passes",
+                                      "Instances scored for explanations (original + one per occluded word).",
+                                      registry=r)
+        self.explain_requests.labels("200")
+        self.explain_duration.labels("200")
         # Zero-initialised series, so rate() and ratios exist from the first scrape: a series that first appears
         # with its final count is flat inside every window (rate 0), and a burst served before the first scrape
         # after a (re)start would never be counted. The request counter and the latency histogram start at 0 for
@@ -56,6 +68,11 @@ class Metrics:
         self.requests.labels(protocol, str(status)).inc()
         if reason is not None:
             self.errors.labels(protocol, str(status), reason).inc()
+
+    def observe_explain(self, protocol: str, status: int, seconds: float, reason: str | None) -> None:
+        """observe_request's signature (the app passes either); the reason is in the status and the body."""
+        self.explain_duration.labels(str(status)).observe(seconds)
+        self.explain_requests.labels(str(status)).inc()
 
     def observe_batch(self, lengths: list[int], truncated: int, probs) -> None:
         self.batch_size.observe(len(lengths))
