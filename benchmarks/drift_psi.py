@@ -2,7 +2,7 @@
 
 1. A model: the tiny DistilBERT of the tests (tests/conftest.py), trained for a few epochs on the 2,000 IMDB sample
    reviews so its confidences and labels mean something (or `--model-dir` any Hugging Face folder).
-2. The reference, exactly as `evaluate` writes it (sentimentops.steps.evaluate.cli.write_drift_reference) from 5,000 IMDB *train*
+2. The reference, exactly as `evaluate` writes it (sentimentops.steps.evaluate.metrics.write_drift_reference) from 5,000 IMDB *train*
    reviews.
 3. Prediction records (the predictor's JSON lines) for 20 windows of IMDB *test* reviews (no drift), for Rotten
    Tomatoes snippets (rt_polarity: shorter, another site) and for IMDB test with the label prior moved to 90%
@@ -58,10 +58,10 @@ def tiny_model(folder: Path, epochs: int) -> Path:
 def records_for(model_dir: Path, texts: list[str], version: str = "1") -> list[str]:
     """The predictor's prediction records (docs/metrics.md) for these texts: no raw text. Tokenized by the
     predictor's TextEncoder at contract.MAX_TOKENS, scored like evaluate."""
-    from sentimentops.steps.evaluate.cli import EvaluateSettings, encode, score
+    from sentimentops.steps.evaluate.scoring import encode, score_torch
 
     encoded = encode(model_dir, texts)
-    probs = score(model_dir, encoded, EvaluateSettings(batch_size=64, precision="fp32"))
+    probs = score_torch(model_dir, encoded, batch_size=64, precision="fp32")
     return [json.dumps(record(version, e.length, e.truncated, p, e.content, ts=0.0))
             for e, p in zip(encoded, probs, strict=True)]
 
@@ -140,7 +140,7 @@ def main() -> None:
         rt = pd.read_parquet(DATA / "rt_polarity" / "rt_polarity.parquet")
         ref_rows = train.iloc[rng.permutation(len(train))[:5000]]
         start = time.perf_counter()
-        from sentimentops.steps.evaluate.cli import write_drift_reference
+        from sentimentops.steps.evaluate.metrics import write_drift_reference
 
         ref_lines = records_for(model_dir, ref_rows["text"].tolist())
         ref_features, _ = parse_records(ref_lines)

@@ -63,9 +63,33 @@ def served_alias(settings: CommonSettings) -> str:
     return "challenger"
 
 
+def describe_model(settings: CommonSettings, alias: str) -> list[str]:
+    """What the served version measured and where its card is: the card is copied out of MLflow next to the state
+    (`<home>/model-cards/`) so it can be opened as a file; MLflow's UI shows it under the training run too."""
+    import mlflow
+
+    from sentimentops.steps.core.tracking import alias_version, configure
+
+    version = alias_version(settings, alias)
+    if version is None:
+        return []
+    tags = version.tags or {}
+    lines = [f"quickstart: {settings.registered_model} version {version.version}: test accuracy "
+             f"{float(tags.get('test_accuracy', 'nan')):.4f} at the serving length"
+             + (f" (TF-IDF baseline {float(tags['tfidf_test_accuracy']):.4f})" if "tfidf_test_accuracy" in tags
+                else "")]
+    if card := tags.get("model_card"):
+        configure(settings)
+        dest = settings.home / "model-cards" / f"{settings.registered_model}-v{version.version}"
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=card, dst_path=str(dest)))
+        lines.append(f"quickstart: model card: {path} (in MLflow: {card})")
+    return lines
+
+
 def serve_and_predict(settings: CommonSettings, port: int, reviews: list[str], timeout_s: float) -> int:
     log_path = settings.home / "quickstart-serve.log"
-    uri = f"models:/{settings.registered_model}@{served_alias(settings)}"
+    alias = served_alias(settings)
+    uri = f"models:/{settings.registered_model}@{alias}"
     with log_path.open("w") as server_log:
         server = spawn([sentimentops(), "serve", "--model-uri", uri, "--port", str(port)],
                        stdout=server_log, stderr=subprocess.STDOUT)
@@ -78,6 +102,8 @@ def serve_and_predict(settings: CommonSettings, port: int, reviews: list[str], t
         for text, pred in zip(reviews, predict(base, "sentiment", reviews), strict=True):
             emit(f"  {pred['label']:>8}  p(positive)={pred['probability']:.3f}  "
                  f"{pred['model_name']} version {pred['model_version']}  | {text}")
+        for line in describe_model(settings, alias):
+            emit(line)
         return 0
     finally:
         stop(server, grace_s=30)

@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     from sentimentops.steps.core.config import load_settings
-    from sentimentops.steps.register.onnx_export import ExportSettings, export_and_check
+    from sentimentops.steps.evaluate.onnx_export import ExportSettings, export_and_check
 
     if args.out.exists():
         shutil.rmtree(args.out)

@@ -1,7 +1,7 @@
 """Tokenizer and model backends of the predictor: ONNX Runtime (the CPU fast path, int8 or fp32) and torch (GPU).
 
 Only numpy, tokenizers and onnxruntime are imported at module level: the serve image has no torch, so torch and
-transformers are imported inside TorchBackend alone. sentimentops.steps.register.onnx_export scores its accuracy check
+transformers are imported inside TorchBackend alone. sentimentops.steps.evaluate.onnx_export scores its accuracy check
 through these same classes, and evaluate tokenizes through TextEncoder, so the accuracy bound, the gated accuracy and
 the drift reference are measured on exactly what is served.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sentimentops.steps.core.contract import MAX_TOKENS, content_share
+from sentimentops.steps.core.contract import MAX_TOKENS, content_share, keep_head_tail
 
 BACKENDS = ("onnx-int8", "onnx-fp32", "torch")
 
@@ -33,7 +33,8 @@ class Encoded:
 
 
 class TextEncoder:
-    """The model folder's fast tokenizer (tokenizer.json) without transformers: truncation at max_tokens."""
+    """The model folder's fast tokenizer (tokenizer.json) without transformers; an instance over max_tokens is cut by
+    the contract's head + tail rule (contract.keep_head_tail), the rule training cuts by."""
 
     def __init__(self, model_dir: Path, max_tokens: int = MAX_TOKENS):
         from tokenizers import Tokenizer
@@ -45,14 +46,22 @@ class TextEncoder:
         self.max_tokens = min(max_tokens, int(config.get("max_position_embeddings", max_tokens)))
         self.tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=self.max_tokens)
+        self.tokenizer.no_truncation()  # the cut is the contract's head + tail rule, applied in encode()
         pad = config.get("pad_token_id")
         self.pad_id = int(pad) if pad is not None else int(self.tokenizer.token_to_id("[PAD]") or 0)
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         encodings = self.tokenizer.encode_batch(texts) if len(texts) > 1 else [self.tokenizer.encode(texts[0])]
-        return [Encoded(ids=list(enc.ids), truncated=bool(enc.overflowing),
-                        content=content_share(enc.tokens, enc.special_tokens_mask)) for enc in encodings]
+        return [self._cut(enc.ids, enc.tokens, enc.special_tokens_mask) for enc in encodings]
+
+    def _cut(self, ids: list[int], tokens: list[str], special: list[int]) -> Encoded:
+        """An instance over the limit keeps its head and tail (contract.keep_head_tail: [CLS] and [SEP] stay), and
+        its `content` feature is computed on the kept tokens, the ones the model sees."""
+        if len(ids) <= self.max_tokens:
+            return Encoded(ids=list(ids), truncated=False, content=content_share(tokens, special))
+        m = self.max_tokens
+        return Encoded(ids=keep_head_tail(ids, m), truncated=True,
+                       content=content_share(keep_head_tail(tokens, m), keep_head_tail(special, m)))
 
     def pad(self, batch: list[Encoded]) -> tuple[np.ndarray, np.ndarray]:
         """Right-pads to the batch's longest instance (CPU kernels need no shape buckets; grouping by length in

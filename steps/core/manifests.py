@@ -219,6 +219,9 @@ class EvaluateMetrics(Metrics):
     champion_test_accuracy: float | None = None
     champion_test_f1: float | None = None
     champion_test_roc_auc: float | None = None
+    tfidf_test_accuracy: float | None = Field(None, description="The TF-IDF + logistic-regression baseline, same rows")
+    behaviour_pass_rate: float | None = Field(None, description="Share of the behavioural suite's cases passed")
+    test_ece: float | None = Field(None, description="Expected calibration error of the challenger")
 
 
 class EvaluateRefs(OpenSection):

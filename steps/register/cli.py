@@ -2,8 +2,10 @@
 and move `champion` only when the promotion policy (sentimentops.steps.register.promotion) says so, recording why.
 
 Inputs are explicit folders: the train, evaluate and version steps' outputs and the dataset the model was trained
-on (its test split checks the int8 ONNX export's accuracy, in the cluster as locally). Every input is read and
-checked before anything is logged: a bad input fails the step (exit 1) with nothing registered.
+on (checked by content hash; its manifest feeds the model card). The ONNX export that travels with the model is the
+one evaluate built, scored and chose (int8 or fp32, on a paired comparison). Every input is read and checked before
+anything is logged: a bad input fails the step (exit 1) with nothing registered. Each version carries a generated
+model card (steps/register/card.py) and a one-line description of its lineage.
 
 Idempotent: a version is found again by its content hash, so a re-run after a crash at any point completes the
 same version instead of registering a second one.
@@ -15,24 +17,28 @@ import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, load_settings, parse_settings
+from sentimentops.steps.core.config import CommonSettings, parse_settings
 from sentimentops.steps.core.contract import (
     DRIFT_REFERENCE_FILE,
     DRIFT_REFERENCE_KEY,
     MODEL_ARTIFACT,
     MODEL_DIR_KEY,
+    ONNX_DIR,
     ONNX_KEY,
+    ONNX_MODEL_FILE,
 )
 from sentimentops.steps.core.errors import DataError, stage_main
 from sentimentops.steps.core.logs import emit, get_logger
 from sentimentops.steps.core.manifests import (
     EvaluateManifest,
+    IngestManifest,
     TrainManifest,
     VersionManifest,
     hash_dir,
@@ -47,8 +53,10 @@ PYFUNC_CODE = Path(__file__).parent / "pyfunc_model.py"
 # Explicit requirements: MLflow would otherwise infer them (~9 s) and look for torchvision
 # (docs/measurements.md, MLflow).
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "pandas", "mlflow")
+CARD_DIR, CARD_FILE = "model_card", "README.md"
 TEST_SPLIT = "test.parquet"  # the ingest step's held-out split (steps/ingest.py writes <split>.parquet)
 METRIC_TAGS = ("accuracy", "f1", "roc_auc")  # each version carries test_<metric> tags (its own test rows)
+EVIDENCE_TAGS = ("tfidf_test_accuracy", "behaviour_pass_rate", "test_ece")  # and the evidence beside them
 
 
 class RegisterSettings(CommonSettings):
@@ -78,7 +86,7 @@ class Inputs:
     evaluation_dir: Path
     evaluation: EvaluateManifest
     version: VersionManifest
-    eval_set: Path | None
+    ingest: IngestManifest | None  # the dataset folder's manifest: source, rows per split (the model card)
 
 
 @dataclass(frozen=True)
@@ -102,19 +110,18 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def test_split_of(dataset: Path | None, train: TrainManifest) -> Path | None:
-    """The dataset's test split, after checking it is the dataset the model was trained on (same content hash as
-    the train step recorded): an ONNX accuracy measured on other rows would prove nothing."""
+def checked_dataset(dataset: Path | None, train: TrainManifest) -> IngestManifest | None:
+    """The dataset folder's ingest manifest, after checking it is the dataset the model was trained on (the content
+    hash train recorded): a card that named another dataset would break the lineage it is there to state."""
     if dataset is None:
         return None
-    split = Path(dataset) / TEST_SPLIT
-    if not split.is_file():
+    if not (Path(dataset) / TEST_SPLIT).is_file():
         raise DataError(f"{dataset} has no {TEST_SPLIT}: expected the ingest step's output folder (--dataset)")
     wanted = train.inputs.get("dataset")
     if wanted and (found := hash_dir(dataset)) != wanted:
         raise DataError(f"{dataset} is not the dataset the model was trained on (content {found[:19]}..., the "
                         f"train step recorded {wanted[:19]}...)")
-    return split
+    return read_manifest(dataset, IngestManifest)
 
 
 def read_inputs(model_out: Path, evaluation: Path, version_out: Path, dataset: Path | None) -> Inputs:
@@ -123,23 +130,7 @@ def read_inputs(model_out: Path, evaluation: Path, version_out: Path, dataset: P
         raise DataError(f"{model_out} has no model/ folder: the train step's output is incomplete")
     return Inputs(model_dir=model_out / "model", train=train, evaluation_dir=evaluation,
                   evaluation=read_manifest(evaluation, EvaluateManifest),
-                  version=read_manifest(version_out, VersionManifest), eval_set=test_split_of(dataset, train))
-
-
-def export_onnx(inputs: Inputs, dest: Path) -> Path | None:
-    """ONNX export + int8 with its accuracy check (sentimentops.steps.register.onnx_export) into `dest` (a scratch
-    folder: the train step's output must keep its hash, or the runner would stop reusing it)."""
-    from sentimentops.steps.register.onnx_export import ExportSettings, export_and_check
-
-    settings = load_settings(ExportSettings)
-    if not settings.enabled:
-        return None
-    eval_set = settings.eval_set or inputs.eval_set
-    report = export_and_check(inputs.model_dir, dest / "onnx", settings, eval_set=eval_set)
-    log.info("ONNX %s: accuracy fp32 %s int8 %s (drop %s points, bound %s) on %s rows of %s", report.backend,
-             report.accuracy_fp32, report.accuracy_int8, report.drop_points, report.max_drop_points,
-             report.eval_rows, report.eval_set or "no evaluation set")
-    return dest / "onnx"
+                  version=read_manifest(version_out, VersionManifest), ingest=checked_dataset(dataset, train))
 
 
 def find_version(client: Any, name: str, model_hash: str) -> Any:
@@ -150,8 +141,8 @@ def find_version(client: Any, name: str, model_hash: str) -> Any:
 
 
 def challenger_metrics(evaluation: EvaluateManifest) -> EvalMetrics:
-    m = evaluation.metrics
-    return EvalMetrics(accuracy=m.test_accuracy, f1=m.test_f1, roc_auc=m.test_roc_auc)
+    """The challenger's `test_*` metrics and the evidence the policy can gate on (TF-IDF baseline, behaviour)."""
+    return EvalMetrics.from_mapping(evaluation.metrics.model_dump(), prefix="test_")
 
 
 def champion_metrics(evaluation: EvaluateManifest, champion: Any) -> EvalMetrics | None:
@@ -182,22 +173,51 @@ def register_version(client: Any, inputs: Inputs, settings: RegisterSettings, mo
     reference = inputs.evaluation_dir / DRIFT_REFERENCE_FILE
     if reference.is_file():  # the drift monitor's reference travels with the model
         artifacts[DRIFT_REFERENCE_KEY] = str(reference)
-    with tempfile.TemporaryDirectory(prefix="register-onnx-") as scratch:
-        onnx_dir = export_onnx(inputs, Path(scratch))  # the CPU serving fast path travels along
-        if onnx_dir is not None:
-            artifacts[ONNX_KEY] = str(onnx_dir)
-        with mlflow_run(settings, run_id=run_id):
-            info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts=artifacts,
-                                           pip_requirements=pip_requirements(), signature=signature)
+    onnx_dir = inputs.evaluation_dir / ONNX_DIR
+    if (onnx_dir / ONNX_MODEL_FILE).is_file():  # the CPU serving fast path evaluate built and chose travels along
+        artifacts[ONNX_KEY] = str(onnx_dir)
+    with mlflow_run(settings, run_id=run_id):
+        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts=artifacts,
+                                       pip_requirements=pip_requirements(), signature=signature)
     tags = {"model_hash": model_hash, "mlflow_run_id": run_id, "git_sha": inputs.train.git_sha,
             "dataset.dvc_md5": inputs.version.refs.dvc_md5,
             "base_model": str(inputs.train.params.base_model_used or ""),
             "run.reason": settings.run_reason, "workflow": settings.workflow_name,
-            **{f"test_{k}": f"{challenger[f'test_{k}']:.6f}" for k in METRIC_TAGS}}
+            **{f"test_{k}": f"{challenger[f'test_{k}']:.6f}" for k in METRIC_TAGS},
+            **{k: f"{challenger[k]:.6f}" for k in EVIDENCE_TAGS if challenger[k] is not None}}
     # Tags go in with the version in one call: a crash can never leave an untagged (half-registered) version.
     created = mlflow.register_model(info.model_uri, name, tags=tags)
     log.info("%s version %s from run %s", name, created.version, run_id)
     return client.get_model_version(name, created.version)
+
+
+def attach_card(client: Any, inputs: Inputs, settings: RegisterSettings, version: str) -> None:
+    """The version's model card (steps/register/card.py), generated from the stage outputs: logged to the training
+    run as `model_card/README.md` (the MLflow UI shows it under the run's artifacts), its path in the version's
+    `model_card` tag, and its one-line summary as the version's description. Re-running rewrites the same files."""
+    import mlflow
+
+    from sentimentops.steps.register.card import CardInputs, description_line, render_model_card
+
+    metrics_file = inputs.evaluation_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    created = datetime.fromtimestamp(client.get_model_version(settings.registered_model, version).creation_timestamp
+                                     / 1000, tz=UTC).isoformat(timespec="seconds")
+    card = CardInputs.from_stage_outputs(
+        train=inputs.train, evaluation=inputs.evaluation, dataset_version=inputs.version, metrics=metrics,
+        registered_model=settings.registered_model, version=version, workflow=settings.workflow_name,
+        created=created, ingest=inputs.ingest, run_reason=settings.run_reason)
+    run_id = inputs.train.refs.mlflow_run_id
+    with tempfile.TemporaryDirectory(prefix="model-card-") as tmp:
+        path = Path(tmp) / CARD_FILE
+        path.write_text(render_model_card(card))
+        with mlflow_run(settings, run_id=run_id):
+            mlflow.log_artifact(str(path), CARD_DIR)
+    line = description_line(card)
+    client.update_model_version(settings.registered_model, version,
+                                description=f"{line}\n\nModel card: run {run_id}, artifact {CARD_DIR}/{CARD_FILE}")
+    client.set_model_version_tag(settings.registered_model, version, "model_card", f"runs:/{run_id}/{CARD_DIR}/"
+                                 f"{CARD_FILE}")
 
 
 def register(model_out: Path, evaluation: Path, version_out: Path, settings: RegisterSettings,
@@ -212,6 +232,7 @@ def register(model_out: Path, evaluation: Path, version_out: Path, settings: Reg
     else:
         log.info("%s version %s already holds this model (hash %s...)", name, existing.version, model_hash[:19])
     version = str(existing.version)
+    attach_card(client, inputs, settings, version)
     client.set_registered_model_alias(name, "challenger", version)
     current = alias_version(settings, "champion")
     policy = settings.effective_policy()
@@ -246,8 +267,8 @@ def add_folders(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluation", type=Path, required=True, help="The evaluate step's output folder.")
     parser.add_argument("--version", type=Path, required=True, help="The version step's output folder.")
     parser.add_argument("--dataset", type=Path, required=True,
-                        help="The ingest step's output folder, the dataset the model was trained on: its test "
-                        "split checks the int8 ONNX export's accuracy.")
+                        help="The ingest step's output folder, the dataset the model was trained on (checked "
+                        "by content hash): its manifest gives the model card's data section.")
     parser.add_argument("--out", type=Path, required=True, help="Output folder (decision.json, promoted).")
 
 

@@ -3,6 +3,11 @@
 `champion` moves only when the challenger beats the configured baseline and the current champion by the configured
 margins, on metrics measured on the same held-out test rows (sentimentops.steps.evaluate). Every check is recorded, passed or
 not, so the decision can be read back from the model registry.
+
+Two pieces of evidence can gate too (issue 14), each off unless the profile sets it: the classical TF-IDF +
+logistic-regression baseline fitted and scored by evaluate on the same test rows (a transformer that cannot beat it
+is not worth its serving cost), and the behavioural suite's pass rate. Off, each is still reported in the reasons
+when measured; on, a missing measurement refuses the promotion (never promote on evidence that is not there).
 """
 from __future__ import annotations
 
@@ -10,40 +15,63 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+# The evaluate manifest's flat metrics these two come from: keys of the evaluate run itself, not per model, so they
+# are read without the `test_` / `champion_test_` prefix.
+TFIDF_ACCURACY_KEY = "tfidf_test_accuracy"
+BEHAVIOUR_PASS_RATE_KEY = "behaviour_pass_rate"
 
 
 class PolicySettings(BaseModel):
+    # A profile sets the policy as a nested mapping (register: policy: ...): a misspelt key (`min_behavior_...`)
+    # must fail the step (exit 2) rather than silently leave a gate off.
+    model_config = ConfigDict(extra="forbid")
+
     baseline_accuracy: float = Field(0.80, ge=0, le=1, description="Accuracy a model must reach to serve at all.")
     min_gain_over_baseline: float = Field(0.0, ge=0, description="Extra accuracy required above the baseline.")
     min_gain_over_champion: float = Field(0.0, ge=-1, le=1,
                                           description="Accuracy gain over the champion required to replace it.")
     max_f1_drop: float = Field(0.01, ge=0, description="F1 may fall at most this much below the champion's.")
+    min_gain_over_tfidf: float | None = Field(
+        None, ge=-1, le=1, description="Accuracy the challenger must gain over the TF-IDF baseline scored on the "
+        "same test rows; None: the baseline is reported, not gated.")
+    min_behaviour_pass_rate: float | None = Field(
+        None, ge=0, le=1, description="Overall pass rate (0..1) the behavioural suite must reach; None: reported, "
+        "not gated.")
 
 
 @dataclass(frozen=True)
 class EvalMetrics:
     """What the policy compares, for one model on the held-out test rows (evaluate's `test_*` metrics).
 
-    NaN marks a metric that is missing or could not be measured: the policy treats it as such (never as 0)."""
+    `baseline_accuracy` is the TF-IDF baseline's accuracy on the same rows (not PolicySettings.baseline_accuracy,
+    the fixed floor) and `behaviour_pass_rate` the behavioural suite's overall pass rate; both matter for the
+    challenger only. NaN marks a metric that is missing or could not be measured: the policy treats it as such
+    (never as 0)."""
 
     accuracy: float
     f1: float
     roc_auc: float = math.nan
+    baseline_accuracy: float = math.nan
+    behaviour_pass_rate: float = math.nan
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object], prefix: str = "") -> EvalMetrics:
         """From `{prefix}accuracy`, `{prefix}f1`, `{prefix}roc_auc` (an evaluate manifest's metrics with prefix
-        `test_`, a registry version's tags); a missing or non-numeric value is NaN."""
+        `test_`, a registry version's tags) and the unprefixed `tfidf_test_accuracy`, `behaviour_pass_rate`; a
+        missing or non-numeric value is NaN."""
 
         def number(key: str) -> float:
-            value = values.get(prefix + key)
+            value = values.get(key)
             try:
                 return float(value) if value is not None else math.nan  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 return math.nan
 
-        return cls(accuracy=number("accuracy"), f1=number("f1"), roc_auc=number("roc_auc"))
+        return cls(accuracy=number(prefix + "accuracy"), f1=number(prefix + "f1"),
+                   roc_auc=number(prefix + "roc_auc"), baseline_accuracy=number(TFIDF_ACCURACY_KEY),
+                   behaviour_pass_rate=number(BEHAVIOUR_PASS_RATE_KEY))
 
 
 @dataclass
@@ -64,9 +92,52 @@ def _finite(*values: float) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
+def _tfidf_gate(challenger: EvalMetrics, policy: PolicySettings, decision: Decision) -> bool:
+    """The TF-IDF baseline gate: False (with its reason) when it is on and missed or unmeasured."""
+    acc, tfidf, margin = challenger.accuracy, challenger.baseline_accuracy, policy.min_gain_over_tfidf
+    if margin is None:
+        if _finite(tfidf):
+            decision.reasons.append(f"TF-IDF baseline {tfidf:.4f} (reported, not gated)")
+        return True
+    if not _finite(tfidf):
+        decision.checks["beats_tfidf_baseline"] = False
+        decision.reasons.append("the TF-IDF baseline accuracy is missing; the gate min_gain_over_tfidf is on, "
+                                "so nothing is promoted without it")
+        return False
+    decision.checks["beats_tfidf_baseline"] = acc + EPS >= tfidf + margin
+    if not decision.checks["beats_tfidf_baseline"]:
+        decision.reasons.append(f"accuracy {acc:.4f} below the TF-IDF baseline {tfidf:.4f} + margin {margin:.4f}")
+        return False
+    decision.reasons.append(f"accuracy {acc:.4f} >= TF-IDF baseline {tfidf:.4f} + margin {margin:.4f}")
+    return True
+
+
+def _behaviour_gate(challenger: EvalMetrics, policy: PolicySettings, decision: Decision) -> bool:
+    """The behavioural suite gate: False (with its reason) when it is on and missed or unmeasured."""
+    rate, need = challenger.behaviour_pass_rate, policy.min_behaviour_pass_rate
+    if need is None:
+        if _finite(rate):
+            decision.reasons.append(f"behaviour pass rate {rate:.4f} (reported, not gated)")
+        return True
+    if not _finite(rate):
+        decision.checks["behaviour_pass_rate"] = False
+        decision.reasons.append("the behaviour pass rate is missing; the gate min_behaviour_pass_rate is on, "
+                                "so nothing is promoted without it")
+        return False
+    decision.checks["behaviour_pass_rate"] = rate + EPS >= need
+    if not decision.checks["behaviour_pass_rate"]:
+        decision.reasons.append(f"behaviour pass rate {rate:.4f} below the required {need:.4f}")
+        return False
+    decision.reasons.append(f"behaviour pass rate {rate:.4f} >= {need:.4f}")
+    return True
+
+
 def decide(challenger: EvalMetrics, champion: EvalMetrics | None, policy: PolicySettings,
            *, challenger_is_champion: bool = False) -> Decision:
-    """challenger/champion: metrics on the same test rows; champion None if there is none."""
+    """challenger/champion: metrics on the same test rows; champion None if there is none.
+
+    Order: metrics valid, already champion, the fixed floor, the TF-IDF baseline, the behavioural suite, then the
+    champion; the first refusal ends the decision (its reason says which evidence failed)."""
     decision = Decision(promote=False)
     acc, f1 = challenger.accuracy, challenger.f1
     if not _finite(acc, f1):
@@ -86,6 +157,8 @@ def decide(challenger: EvalMetrics, champion: EvalMetrics | None, policy: Policy
                                 f" + margin {policy.min_gain_over_baseline:.4f}")
         return decision
     decision.reasons.append(f"accuracy {acc:.4f} >= baseline {need:.4f}")
+    if not _tfidf_gate(challenger, policy, decision) or not _behaviour_gate(challenger, policy, decision):
+        return decision
     if champion is None:
         decision.promote = True
         decision.reasons.append("no champion yet")

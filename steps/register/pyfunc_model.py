@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from sentimentops.steps.core.contract import MAX_TOKENS, MODEL_DIR_KEY, labels_of
+from sentimentops.steps.core.contract import MAX_TOKENS, MODEL_DIR_KEY, keep_head_tail, labels_of
 
 
 class SentimentPyfunc(PythonModel):
@@ -27,7 +27,9 @@ class SentimentPyfunc(PythonModel):
         import torch
 
         texts = model_input["text"].tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
-        batch = self.tokenizer(texts, truncation=True, max_length=MAX_TOKENS, padding=True, return_tensors="pt")
+        self.tokenizer.model_max_length = 10**9  # the cut is the contract's head + tail rule, as the predictor's
+        ids = [keep_head_tail(x, MAX_TOKENS) for x in self.tokenizer(texts, truncation=False)["input_ids"]]
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         with torch.inference_mode():
             probs = torch.softmax(self.model(**batch).logits.float(), dim=-1)[:, 1].numpy()
         return pd.DataFrame({"label": labels_of(probs), "probability": probs})

@@ -33,6 +33,8 @@ class LoopConfig:
     log_every: int = 20  # steps between host syncs for logging
     checkpoint_every: int = 0  # steps; 0 = only at epoch end
     max_steps: int = 0  # 0 = no limit; a limit stops the run early but keeps the full-length LR schedule
+    freeze_embeddings: bool = False  # embeddings keep their pretrained weights (no gradient, no optimizer state)
+    freeze_layers: int = 0  # the lowest N transformer layers keep theirs
     # additions beyond the agreed API (all optional):
     lr_scaling: str = "sqrt"  # sqrt | linear | none: rule from reference_batch_size to the global batch size
     max_grad_norm: float = 1.0  # 0 = no clipping (1.0 is the transformers Trainer default)

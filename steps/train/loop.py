@@ -52,6 +52,7 @@ from sentimentops.steps.train.distributed import broadcast_from_main, setup_dist
 from sentimentops.steps.train.optim import (
     batch_size_for,
     build_optimizer,
+    freeze,
     linear_warmup_decay,
     scaled_learning_rate,
 )
@@ -112,6 +113,7 @@ def train(model, input_ids: list[list[int]], labels: list[int], cfg: LoopConfig,
     total_steps = steps_per_epoch * cfg.epochs
     global_batch = cfg.batch_size * ddp.world_size
     lr = scaled_learning_rate(cfg.learning_rate, cfg.reference_batch_size, global_batch, cfg.lr_scaling)
+    freeze(model, embeddings=cfg.freeze_embeddings, layers=cfg.freeze_layers)
     optimizer = build_optimizer(model, lr, cfg.weight_decay, device)
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total_steps))

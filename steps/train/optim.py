@@ -59,3 +59,32 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: to
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
 
+
+
+def encoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """(embeddings, transformer layers) of a Hugging Face encoder: BERT-like (`encoder.layer`) or DistilBERT
+    (`transformer.layer`)."""
+    base = getattr(model, "base_model", model)
+    stack = getattr(base, "encoder", None) or getattr(base, "transformer", None)
+    layers = getattr(stack, "layer", None)
+    if not hasattr(base, "embeddings") or not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"cannot freeze parts of {type(model).__name__}: no embeddings / layer list found")
+    return base.embeddings, layers
+
+
+def freeze(model: nn.Module, *, embeddings: bool, layers: int) -> int:
+    """Keeps the embeddings and/or the lowest `layers` transformer layers fixed (requires_grad off; the optimizer
+    then holds no state for them and backward stops above them). Returns how many parameters were frozen."""
+    if not embeddings and layers == 0:
+        return 0
+    emb, stack = encoder_parts(model)
+    if layers > len(stack):
+        raise ValueError(f"freeze_layers {layers} > the model's {len(stack)} layers")
+    parts = ([emb] if embeddings else []) + list(stack[:layers])
+    frozen = 0
+    for part in parts:
+        for p in part.parameters():
+            if p.requires_grad:
+                p.requires_grad_(False)
+                frozen += p.numel()
+    return frozen

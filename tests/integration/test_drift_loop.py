@@ -31,11 +31,11 @@ WINDOW = 200
 
 def prediction_records(model_dir: Path, texts: list[str]) -> tuple[list[str], list[float]]:
     """What the predictor appends per prediction: token count, P(positive), confidence, label, content; no text."""
-    from sentimentops.steps.evaluate.cli import EvaluateSettings, encode, score
+    from sentimentops.steps.evaluate.scoring import encode, score_torch
     from sentimentops.steps.serve.records import record
 
     encoded = encode(model_dir, texts)  # the predictor's TextEncoder at contract.MAX_TOKENS
-    probs = score(model_dir, encoded, EvaluateSettings(batch_size=32, precision="fp32"))
+    probs = score_torch(model_dir, encoded, batch_size=32, precision="fp32")
     lines = [json.dumps(record("1", e.length, e.truncated, p, e.content, ts=0.0))
              for e, p in zip(encoded, probs, strict=True)]
     return lines, [float(p) for p in probs]
@@ -56,7 +56,7 @@ def metric(port: int, name: str) -> float | None:
 
 @pytest.fixture()
 def loop(tmp_path, imdb_dir, tiny_model_dir):
-    from sentimentops.steps.evaluate.cli import write_drift_reference
+    from sentimentops.steps.evaluate.metrics import write_drift_reference
 
     test = pd.read_parquet(imdb_dir / "sample_test.parquet")
     _, probs = prediction_records(tiny_model_dir, test["text"].tolist()[:400])

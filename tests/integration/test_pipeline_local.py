@@ -93,8 +93,35 @@ def test_one_version_registered_with_aliases_and_lineage_tags(resumed_run):
     assert {"test_accuracy", "test_f1", "test_roc_auc", "train_loss", "samples_per_s"} <= set(run.data.metrics)
     assert run.data.params["train_rows"] == "216"
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "evaluation")}
-    assert "evaluation/confusion_matrix.png" in artifacts
+    assert {f"evaluation/{name}" for name in ("confusion_matrix.png", "reliability.png", "report.html",
+                                              "metrics.json")} <= artifacts
     assert (outputs(run_dir, "register") / "promoted").read_text() == "true"
+
+
+def test_evaluate_logs_the_evidence_and_the_version_carries_its_card(resumed_run):
+    """Issue 14: the baseline, the behavioural pass rates, slices and calibration in MLflow and metrics.json; the
+    int8 decision on a paired comparison; the generated card attached to the version (artifact, tag, description)."""
+    client, run_dir = mlflow_client(resumed_run["home"]), resumed_run["run_dir"]
+    version = client.get_model_version("sentiment", "1")
+    run = client.get_run(version.run_id)
+    assert {"tfidf_test_accuracy", "behaviour_pass_rate", "behaviour_pass_rate_dir", "test_ece", "test_brier",
+            "slice_accuracy_truncated"} <= set(run.data.metrics)
+    evaluation = outputs(run_dir, "evaluate")
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert metrics["baseline"]["name"] == "tfidf-logreg" and metrics["baseline"]["rows"] == 100
+    assert metrics["behaviour"]["suite"] == "sentiment-behaviour" and metrics["behaviour"]["cases"] > 100
+    assert metrics["int8"]["rows"] == 100 and sum(metrics["int8"]["discordant"]) <= 100
+    assert metrics["served_backend"] == f"onnx-{metrics['int8']['decision']}"
+    assert json.loads((evaluation / "onnx" / "export.json").read_text())["precision"] == metrics["int8"]["decision"]
+    report = (evaluation / "report.html").read_text()
+    assert "Behavioural tests" in report and "<script" not in report.lower()
+    assert version.tags["model_card"] == f"runs:/{version.run_id}/model_card/README.md"
+    assert version.description.startswith("sentiment v1: ") and version.run_id in version.description
+    card = Path(client.download_artifacts(version.run_id, "model_card/README.md", str(resumed_run["home"])))
+    text = card.read_text()
+    assert text.startswith("---\n") and "## Limitations" in text
+    assert f"{float(version.tags['test_accuracy']):.3f}" in text
+    assert version.tags["tfidf_test_accuracy"] == f"{metrics['baseline']['accuracy']:.6f}"
 
 
 def test_manifest_chain_links_every_step_to_its_inputs(resumed_run):

@@ -77,11 +77,12 @@ def post(url: str, body: dict) -> int:
 def stack(tmp_path_factory, imdb_dir, rt_polarity_file, tiny_model_dir):
     binary = prometheus_binary()
     tmp = tmp_path_factory.mktemp("prometheus-stack")
-    from sentimentops.steps.evaluate.cli import EvaluateSettings, encode, score, write_drift_reference
+    from sentimentops.steps.evaluate.metrics import write_drift_reference
+    from sentimentops.steps.evaluate.scoring import encode, score_torch
 
     # the reference exactly as `evaluate` writes it, for the tiny model on held-out IMDB reviews
     test = pd.read_parquet(imdb_dir / "sample_test.parquet")["text"].tolist()[:300]
-    probs = score(tiny_model_dir, encode(tiny_model_dir, test), EvaluateSettings(precision="fp32"))
+    probs = score_torch(tiny_model_dir, encode(tiny_model_dir, test), precision="fp32")
     write_drift_reference(tiny_model_dir, test, probs, tmp)
     serve_port, drift_port, prom_port = free_port(), free_port(), free_port()
     log = tmp / "predictions.jsonl"

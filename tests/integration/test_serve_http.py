@@ -34,7 +34,7 @@ SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 @pytest.fixture(scope="module")
 def served_model(tmp_path_factory, tiny_model_dir, imdb_dir) -> Path:
     from sentimentops.steps.core.config import load_settings
-    from sentimentops.steps.register.onnx_export import ExportSettings, export_and_check
+    from sentimentops.steps.evaluate.onnx_export import ExportSettings, export_and_check
 
     root = tmp_path_factory.mktemp("pyfunc")
     shutil.copytree(tiny_model_dir, root / "artifacts" / "model")

@@ -41,7 +41,8 @@ def texts(imdb_dir) -> list[str]:
 
 def test_evaluate_reference_features_equal_the_predictor_records(tiny_model_dir, texts):
     from sentimentops.steps.drift.records import parse_records
-    from sentimentops.steps.evaluate.cli import EvaluateSettings, drift_features, encode, score
+    from sentimentops.steps.evaluate.metrics import drift_features
+    from sentimentops.steps.evaluate.scoring import encode, score_torch
     from sentimentops.steps.serve.model import ModelInfo, SentimentModel
     from sentimentops.steps.serve.records import record
 
@@ -64,7 +65,7 @@ def test_evaluate_reference_features_equal_the_predictor_records(tiny_model_dir,
     # evaluate scores what is served: the same tokens (truncated at the limit) and the same probabilities
     assert [e.ids for e in encoded] == [e.ids for e in served]
     assert encoded[3].length == MAX_TOKENS and encoded[3].truncated
-    evaluated = score(tiny_model_dir, encoded, EvaluateSettings(precision="fp32"))
+    evaluated = score_torch(tiny_model_dir, encoded, precision="fp32")
     np.testing.assert_allclose(evaluated, probs, atol=1e-5)
 
 
@@ -101,7 +102,7 @@ def test_model_folder_reader_on_a_registered_folder(tmp_path):
                                  root / "artifacts/drift_reference.json", "r7")
     assert folder.onnx_model is None and folder.export_report is None  # no export on disk yet
     (root / "artifacts/onnx/model.onnx").write_bytes(b"")
-    report = ExportReport("int8", 0.8, 0.799, 0.1, 0.5, True, "t.parquet", 10, 1.0)
+    report = ExportReport("int8", 0.8, 0.799, 0.1, True, "t.parquet", 10, 1.0)
     (root / "artifacts/onnx/export.json").write_text(json.dumps(asdict(report)))
     assert folder.onnx_model == root / "artifacts/onnx/model.onnx"
     assert folder.export_report == report and folder.export_report.backend == "onnx-int8"
@@ -118,3 +119,37 @@ def test_model_folder_reader_on_a_plain_folder_and_a_broken_mlmodel(tmp_path):
     (tmp_path / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts: {}\n")
     with pytest.raises(FileNotFoundError, match="model_dir"):
         read_model_folder(tmp_path)
+
+
+def test_keep_head_tail_keeps_the_first_quarter_and_the_end():
+    from sentimentops.steps.core.contract import head_tokens, keep_head_tail
+
+    seq = list(range(1000))
+    cut = keep_head_tail(seq, 512)
+    assert len(cut) == 512 and head_tokens(512) == 128
+    assert cut[:128] == list(range(128)) and cut[128:] == list(range(1000 - 384, 1000))
+    assert keep_head_tail(seq[:512], 512) == seq[:512]  # fits: unchanged
+    assert keep_head_tail(list(range(10)), 4) == [0, 7, 8, 9]  # head 1 ([CLS]) + tail 3
+
+
+def test_training_serving_and_the_pyfunc_cut_a_long_review_alike(tiny_model_dir, imdb_dir):
+    """One rule, three paths: the train step's tokenize, the predictor's TextEncoder and the registered pyfunc's
+    tokenizer all keep the same ids of a review over the limit ([CLS] first, [SEP] last)."""
+    from transformers import AutoTokenizer
+
+    from sentimentops.steps.core.backends import TextEncoder
+    from sentimentops.steps.core.contract import keep_head_tail
+    from sentimentops.steps.train.cli import tokenize
+
+    reviews = pd.read_parquet(imdb_dir / "sample_test.parquet")["text"].tolist()
+    long = max(reviews, key=len) + " the very last words"
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    served = TextEncoder(tiny_model_dir, MAX_TOKENS).encode([long])[0]
+    trained = tokenize(tok, [long], MAX_TOKENS)[0]
+    full = tok(long, truncation=False)["input_ids"]
+    assert len(full) > MAX_TOKENS and served.truncated
+    assert served.ids == trained == keep_head_tail(full, MAX_TOKENS)
+    assert served.ids[0] == tok.cls_token_id and served.ids[-1] == tok.sep_token_id
+    assert tok.convert_ids_to_tokens(served.ids[-4:-1]) == tok.tokenize("the very last words")[-3:]
+    short = TextEncoder(tiny_model_dir, 128).encode([long])[0]  # a shorter budget: the same rule (training's)
+    assert short.ids == tokenize(tok, [long], 128)[0] and len(short.ids) == 128

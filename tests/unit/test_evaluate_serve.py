@@ -6,7 +6,7 @@ import pytest
 from kserve.errors import InvalidInput
 
 from sentimentops.steps.core.config import load_settings
-from sentimentops.steps.evaluate.cli import compute_metrics, plot_confusion
+from sentimentops.steps.evaluate.metrics import compute_metrics, plot_confusion
 from sentimentops.steps.serve.model import ModelInfo, SentimentModel, parse_instances
 from sentimentops.steps.train.cli import BaseModelError, TrainSettings, resolve_base_model
 

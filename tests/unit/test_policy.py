@@ -1,4 +1,5 @@
-"""The promotion policy's table: champion moves only past the baseline and the champion by the set margins."""
+"""The promotion policy's table: champion moves only past the baseline and the champion by the set margins, and,
+where the profile turns them on, past the TF-IDF baseline and the behavioural suite's pass rate."""
 from __future__ import annotations
 
 import math
@@ -58,3 +59,75 @@ def test_metrics_from_an_evaluate_manifest_or_registry_tags():
         EvalMetrics(0.9, 0.8, 0.95)
     tags = EvalMetrics.from_mapping({"test_accuracy": "0.900000", "test_f1": "oops"}, "test_")
     assert tags.accuracy == 0.9 and math.isnan(tags.f1) and math.isnan(tags.roc_auc)
+
+
+# ---------------------------------------------------------------------------------- the evidence gates (issue 14)
+GATED = POLICY.model_copy(update={"min_gain_over_tfidf": 0.0, "min_behaviour_pass_rate": 0.8})
+
+
+def ev(acc: float, tfidf: float = math.nan, behaviour: float = math.nan) -> EvalMetrics:
+    return EvalMetrics(accuracy=acc, f1=acc, baseline_accuracy=tfidf, behaviour_pass_rate=behaviour)
+
+
+@pytest.mark.parametrize(
+    ("case", "challenger", "champion", "policy", "promote", "reason_part", "checks"),
+    [
+        ("gates off, evidence reported", ev(0.85, 0.84, 0.7), None, POLICY, True,
+         "TF-IDF baseline 0.8400 (reported, not gated); behaviour pass rate 0.7000 (reported, not gated)",
+         {"beats_baseline": True}),
+        ("gates off, nothing measured: no evidence line", ev(0.85), None, POLICY, True,
+         "baseline 0.8000; no champion yet", {"beats_baseline": True}),
+        ("both gates met", ev(0.85, 0.84, 0.9), None, GATED, True,
+         "accuracy 0.8500 >= TF-IDF baseline 0.8400 + margin 0.0000; behaviour pass rate 0.9000 >= 0.8000",
+         {"beats_baseline": True, "beats_tfidf_baseline": True, "behaviour_pass_rate": True}),
+        ("exactly at both gates", ev(0.84, 0.84, 0.8), None, GATED, True, "no champion yet",
+         {"beats_baseline": True, "beats_tfidf_baseline": True, "behaviour_pass_rate": True}),
+        ("TF-IDF beats the transformer", ev(0.83, 0.84, 0.9), None, GATED, False,
+         "accuracy 0.8300 below the TF-IDF baseline 0.8400 + margin 0.0000",
+         {"beats_baseline": True, "beats_tfidf_baseline": False}),
+        ("TF-IDF baseline not measured", ev(0.90, math.nan, 0.9), None, GATED, False,
+         "TF-IDF baseline accuracy is missing", {"beats_baseline": True, "beats_tfidf_baseline": False}),
+        ("behaviour suite failing", ev(0.90, 0.84, 0.75), None, GATED, False,
+         "behaviour pass rate 0.7500 below the required 0.8000",
+         {"beats_baseline": True, "beats_tfidf_baseline": True, "behaviour_pass_rate": False}),
+        ("behaviour suite not run", ev(0.90, 0.84), None, GATED, False, "behaviour pass rate is missing",
+         {"beats_baseline": True, "beats_tfidf_baseline": True, "behaviour_pass_rate": False}),
+        ("fixed floor first: below it, TF-IDF not even looked at", ev(0.79, math.nan, math.nan), None, GATED, False,
+         "below the baseline 0.8000", {"beats_baseline": False}),
+        ("gates before the champion: a missed gate refuses even a champion beater", ev(0.95, 0.96, 0.9),
+         ev(0.85), GATED, False, "below the TF-IDF baseline", {"beats_baseline": True,
+                                                               "beats_tfidf_baseline": False}),
+        ("gates met, then the champion decides", ev(0.86, 0.84, 0.9), ev(0.90), GATED, False,
+         "gain over the champion", {"beats_baseline": True, "beats_tfidf_baseline": True,
+                                    "behaviour_pass_rate": True, "beats_champion": False,
+                                    "f1_within_tolerance": False}),
+        ("a margin over TF-IDF is applied", ev(0.86, 0.84, 0.9), None,
+         GATED.model_copy(update={"min_gain_over_tfidf": 0.03}), False, "+ margin 0.0300",
+         {"beats_baseline": True, "beats_tfidf_baseline": False}),
+        ("already champion short-circuits the gates", ev(0.85), ev(0.85), GATED, True, "already the champion",
+         {"already_champion": True}),
+    ],
+)
+def test_evidence_gates(case, challenger, champion, policy, promote, reason_part, checks):
+    is_champion = case.startswith("already champion")
+    decision = decide(challenger, champion, policy, challenger_is_champion=is_champion)
+    assert decision.promote is promote, (case, decision.summary())
+    assert reason_part in decision.summary(), (case, decision.summary())
+    assert decision.checks == checks, case
+
+
+def test_the_gates_are_off_unless_set():
+    assert PolicySettings().min_gain_over_tfidf is None and PolicySettings().min_behaviour_pass_rate is None
+
+
+def test_a_misspelt_policy_key_is_an_error_not_a_silently_open_gate():
+    with pytest.raises(ValueError, match="min_behavior_pass_rate"):
+        PolicySettings.model_validate({"min_behavior_pass_rate": 0.8})
+
+
+def test_evidence_from_an_evaluate_manifest():
+    flat = {"test_accuracy": 0.9, "test_f1": 0.89, "tfidf_test_accuracy": 0.842, "behaviour_pass_rate": "0.95"}
+    metrics = EvalMetrics.from_mapping(flat, "test_")
+    assert (metrics.baseline_accuracy, metrics.behaviour_pass_rate) == (0.842, 0.95)
+    missing = EvalMetrics.from_mapping({"test_accuracy": 0.9, "test_f1": 0.89}, "test_")
+    assert math.isnan(missing.baseline_accuracy) and math.isnan(missing.behaviour_pass_rate)

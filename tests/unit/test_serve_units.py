@@ -15,7 +15,7 @@ from kserve.errors import InvalidInput as KServeInvalidInput
 
 from sentimentops.steps.core.backends import Encoded
 from sentimentops.steps.core.contract import ModelFolder, read_model_folder
-from sentimentops.steps.register.onnx_export import ExportReport, int8_accepted
+from sentimentops.steps.evaluate.onnx_export import ExportReport
 from sentimentops.steps.serve import errors
 from sentimentops.steps.serve.app import parse_v2
 from sentimentops.steps.serve.batching import Batcher, BatchSettings, group_by_length
@@ -264,7 +264,7 @@ def test_backend_choice(tmp_path):
     assert choose_backend(plain, "auto", gpu=False) == "torch"  # no export: torch
     (onnx / "model.onnx").write_bytes(b"")
     exported = ModelFolder(tmp_path, tmp_path, onnx)
-    report = ExportReport("int8", 0.8, 0.799, 0.1, 0.5, True, "t.parquet", 10, 1.0)
+    report = ExportReport("int8", 0.8, 0.799, 0.1, True, "t.parquet", 10, 1.0)
     (onnx / "export.json").write_text(json.dumps(report.__dict__))
     assert choose_backend(exported, "auto", gpu=False) == "onnx-int8"
     assert choose_backend(exported, "auto", gpu=True) == "torch"  # the GPU path
@@ -273,14 +273,43 @@ def test_backend_choice(tmp_path):
     assert choose_backend(exported, "auto", gpu=False) == "onnx-fp32"  # int8 refused at registration
 
 
-@pytest.mark.parametrize(("fp32", "int8", "bound", "accepted"), [
-    (0.807, 0.805, 0.5, True),
-    (0.807, 0.80, 0.5, False),   # 0.7 points: refused
-    (0.80, 0.81, 0.5, True),     # a gain passes
-    (0.80, 0.795, 0.5, True),    # exactly at the bound
+def _paired(b: int, c: int, same: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels and two models' P(positive): `b` rows only fp32 gets right, `c` only int8, `same` both right."""
+    labels = np.ones(b + c + same, dtype=int)
+    fp32 = np.array([0.9] * b + [0.1] * c + [0.9] * same)
+    int8 = np.array([0.1] * b + [0.9] * c + [0.9] * same)
+    return labels, fp32, int8
+
+
+@pytest.mark.parametrize(("b", "c", "same", "accepted", "why"), [
+    (3, 0, 497, True, "kept"),      # issue 14's case: 0.6 points on 500 rows, three reviews: noise, int8 kept
+    (8, 1, 991, False, "worse"),    # p = 10/512 = 0.0195 < 0.05: refused
+    (6, 2, 992, True, "kept"),      # p = 37/256 = 0.145: not evidence
+    (0, 0, 100, True, "kept"),      # identical answers
+    (5, 5, 990, True, "kept"),      # as many wins as losses
+    (9, 0, 991, False, "worse"),    # p = 2**-9: int8 answers worse
+    (20, 20, 960, False, "agreement"),  # same accuracy, but 4% of the answers changed
 ])
-def test_int8_accuracy_bound(fp32, int8, bound, accepted):
-    assert int8_accepted(fp32, int8, bound)[0] is accepted
+def test_int8_decision_is_a_paired_test(b, c, same, accepted, why):
+    from sentimentops.steps.evaluate.onnx_export import mcnemar_p, paired_check
+
+    labels, fp32, int8 = _paired(b, c, same)
+    check = paired_check(labels, fp32, int8, alpha=0.05, min_agreement=0.97)
+    assert check.accepted is accepted and why in check.reason
+    assert (check.fp32_only_right, check.int8_only_right) == (b, c)
+    assert check.agreement == pytest.approx(same / (b + c + same))
+    assert check.p_value == pytest.approx(mcnemar_p(b, c))
+
+
+def test_mcnemar_exact_values():
+    from sentimentops.steps.evaluate.onnx_export import mcnemar_p
+
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(3, 0) == pytest.approx(1 / 8)  # three reviews one way: p 0.125, not evidence
+    assert mcnemar_p(0, 3) == 1.0
+    assert mcnemar_p(2, 2) == pytest.approx(11 / 16)
+    assert mcnemar_p(8, 1) == pytest.approx(10 / 512)
+    assert mcnemar_p(6, 2) == pytest.approx(37 / 256)
 
 
 def test_an_idle_batcher_answers_a_lone_request_without_waiting_for_company():

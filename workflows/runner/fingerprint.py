@@ -37,8 +37,8 @@ WORKFLOWS_ROOT = Path(__file__).resolve().parents[1]
 # Relative to the folder that holds the roots: what never changes a step's result, or is fingerprinted otherwise.
 CODE_EXCLUDED = ("steps/profiles", "workflows/rendered", "workflows/schemas")
 CODE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".jsonl", ".csv", ".txt", ".parquet")
-# Sections a stage reads besides its own (steps/register/cli.py also loads ExportSettings, section `export`).
-EXTRA_SECTIONS: Mapping[str, tuple[str, ...]] = {"register": ("export",)}
+# Sections a stage reads besides its own (steps/evaluate/scoring.py also loads ExportSettings, section `export`).
+EXTRA_SECTIONS: Mapping[str, tuple[str, ...]] = {"evaluate": ("export",)}
 _SHORT = 16  # hex digits kept per part
 
 
