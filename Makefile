@@ -35,9 +35,9 @@ test: install tool-venvs prometheus-tools typecheck
 typecheck: install
 	$(BIN)/mypy
 
-## make test-fast: unit and contract tests only (no servers, no training: the tests marked slow are left out).
+## make test-fast: unit, model and contract tests only (no servers, no training: the tests marked slow are left out).
 test-fast: install tool-venvs prometheus-tools
-	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests/unit tests/contract $(PYTEST_ARGS)
+	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests/unit tests/model tests/contract $(PYTEST_ARGS)
 
 ## make test-stress: the integration tier three times in a row while stress-ng keeps both cores busy
 ## (STRESS_RUNS, STRESS_CPUS); a race shows here first. Table + .sentimentops/test-stress.json.

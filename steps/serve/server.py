@@ -55,6 +55,11 @@ class ServeSettings(CommonSettings):
     prediction_log: Path | None = Field(None, description="JSON-lines prediction records for the drift monitor.")
     log_text: bool = Field(False, description="Also write the raw text into the prediction records.")
     grace_s: int = Field(30, description="SIGTERM: seconds to drain in-flight requests.")
+    explain_max_instances: int = Field(8, ge=1, description="Most instances in one :explain request (400 beyond).")
+    explain_max_words: int = Field(64, ge=1, description=":explain attributes at most this many words per "
+                                   "instance (1 + this many forward passes); the rest is reported as not attributed.")
+    explain_max_waiting: int = Field(4, ge=0, description=":explain requests queued behind the running one (503 "
+                                     "beyond).")
 
 
 def resolve(uri: str, settings: CommonSettings, cache: Path) -> tuple[Path, ModelInfo]:
@@ -85,7 +90,7 @@ def options_from(settings: ServeSettings) -> ServeOptions:
 
 
 def build(folder: Path, info: ModelInfo, settings: ServeSettings):
-    from sentimentops.steps.serve.app import create_app
+    from sentimentops.steps.serve.app import ExplainSettings, create_app
     from sentimentops.steps.serve.metrics import Metrics
     from sentimentops.steps.serve.records import PredictionLog
 
@@ -93,7 +98,9 @@ def build(folder: Path, info: ModelInfo, settings: ServeSettings):
     records = (PredictionLog(settings.prediction_log, log_text=settings.log_text)
                if settings.prediction_log else None)
     model = SentimentModel(info.name, folder, info, options_from(settings), metrics=metrics, records=records)
-    return model, create_app(model, metrics)
+    explain = ExplainSettings(max_instances=settings.explain_max_instances, max_words=settings.explain_max_words,
+                              max_waiting=settings.explain_max_waiting)
+    return model, create_app(model, metrics, explain=explain)
 
 
 def run(app, settings: ServeSettings) -> None:

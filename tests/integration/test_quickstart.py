@@ -38,6 +38,12 @@ def test_quickstart_ends_with_served_predictions_and_a_rerun_reuses_every_step(t
     assert len(predictions) == 4, out[-4000:]
     assert {m.group(3) for m in predictions} == {"1"}  # the first registered version answers
     assert lines[-1] == "quickstart: server stopped"
+    # issue 14, item 6: what the served version measured, and its card as a file one can open
+    (summary,) = [line for line in lines if re.match(r"quickstart: sentiment version 1: test accuracy 0\.\d{4} ", line)]
+    assert "TF-IDF baseline 0." in summary
+    (card_line,) = [line for line in lines if line.startswith("quickstart: model card: ")]
+    card = Path(card_line.split(": ", 2)[2].split(" (in MLflow")[0])
+    assert card.is_file() and card.read_text().startswith("---\n") and "runs:/" in card_line
     assert any(line.startswith("quickstart: serving models:/sentiment@") for line in lines)
 
     again = quickstart(tmp_path / "home")

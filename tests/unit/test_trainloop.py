@@ -52,7 +52,25 @@ def weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_resolve_precision_and_its_guard():
+def test_cpu_bf16_is_chosen_only_where_the_cpu_has_it(tmp_path, monkeypatch):
+    """issue 14: `auto` trains in bf16 on a CPU with AMX / AVX512-BF16 and falls back to fp32 elsewhere."""
+    from sentimentops.steps.core import kernels
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile avx512f\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert kernels.cpu_bf16_native(str(amx)) and not kernels.cpu_bf16_native(str(plain))
+    assert not kernels.cpu_bf16_native(str(tmp_path / "missing"))
+    monkeypatch.setattr(kernels, "cpu_bf16_native", lambda: True)
+    assert kernels.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(kernels, "cpu_bf16_native", lambda: False)
+    assert kernels.resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_resolve_precision_and_its_guard(monkeypatch):
+    from sentimentops.steps.core import kernels
+
+    monkeypatch.setattr(kernels, "cpu_bf16_native", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(ValueError, match="precision"):
