@@ -25,14 +25,13 @@ anything else. The shape read (each section may be null or absent):
 from __future__ import annotations
 
 import html
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sentimentops.steps.core.contract import LABELS, MAX_TOKENS
+from sentimentops.steps.core.formats import NOT_MEASURED, fmt, pass_rates, pct, signed_delta
 
-NOT_MEASURED = "not measured"
 # A slice this far below the headline accuracy is marked: a 5-point gap is beyond the sampling noise of a few
 # hundred rows, and it is what a user who writes that kind of review would notice.
 SLICE_GAP = 0.05
@@ -66,23 +65,8 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    """A number as shown: None is "not measured", NaN "n/a", ints with thousands separators."""
-    if value is None:
-        return NOT_MEASURED
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    return f"{value:,}" if isinstance(value, int) else "n/a" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def pct(rate: Any) -> str:
-    return NOT_MEASURED if rate is None else f"{float(rate):.1%}"
-
-
 def delta(value: Any, other: Any) -> str:
-    """value - other, signed; empty when either is missing (a delta against nothing is not a number)."""
-    numbers = isinstance(value, int | float) and isinstance(other, int | float)
-    return f"{value - other:+.3f}" if numbers else ""
+    return signed_delta(value, other)
 
 
 def label_name(value: Any) -> str:
@@ -201,11 +185,6 @@ def _failure(failure: Mapping[str, Any]) -> str:
             f"expected <b>{esc(label_name(failure.get('expected', '')))}</b>, got "
             f"<b class='bad'>{esc(label_name(failure.get('got', '')))}</b> "
             f"(P(positive) {esc(fmt(failure.get('p_positive')))})</li>")
-
-
-def pass_rates(groups: Mapping[str, Any] | None) -> dict[str, float | None]:
-    """`{name: {cases, passed, pass_rate}}` (behaviour.to_json) or `{name: rate}` -> `{name: rate}`."""
-    return {k: v.get("pass_rate") if isinstance(v, Mapping) else v for k, v in (groups or {}).items()}
 
 
 def _behaviour(metrics: Mapping[str, Any]) -> str:

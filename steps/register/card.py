@@ -15,7 +15,6 @@ sections; split, a reader would follow one claim of the card (say, a weak slice)
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,9 +23,9 @@ from typing import Any, TypedDict
 import yaml
 
 from sentimentops.steps.core.contract import LABELS, MAX_TOKENS, head_tokens
+from sentimentops.steps.core.formats import NOT_MEASURED, fmt, pass_rates, pct, signed_delta
 from sentimentops.steps.core.manifests import EvaluateManifest, IngestManifest, TrainManifest, VersionManifest
 
-NOT_MEASURED = "not measured"
 NOT_RECORDED = "not recorded"  # a fact (a hash, a device) the stages did not hand over, not a measurement
 SLICE_GAP = 0.05        # a slice this far below the headline accuracy is a limitation (beyond sampling noise)
 MIN_SLICE_ROWS = 20     # ... when it holds enough rows for its accuracy to mean something
@@ -121,26 +120,9 @@ class CardInputs:
                    run_reason=run_reason)
 
 
-def pass_rates(groups: Mapping[str, Any] | None) -> dict[str, float | None]:
-    """`{name: {cases, passed, pass_rate}}` (evaluate's behaviour section) or `{name: rate}` -> `{name: rate}`."""
-    return {k: v.get("pass_rate") if isinstance(v, Mapping) else v for k, v in (groups or {}).items()}
-
-
-def fmt(value: Any, digits: int = 3, missing: str = NOT_MEASURED) -> str:
-    if value is None:
-        return missing
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    return f"{value:,}" if isinstance(value, int) else "n/a" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def pct(rate: Any) -> str:
-    return NOT_MEASURED if rate is None else f"{float(rate):.1%}"
-
-
 def delta(value: Any, other: Any) -> str:
-    numbers = isinstance(value, int | float) and isinstance(other, int | float)
-    return f" ({value - other:+.3f})" if numbers else ""
+    found = signed_delta(value, other)
+    return f" ({found})" if found else ""
 
 
 def md(text: Any) -> str:

@@ -92,44 +92,41 @@ def _finite(*values: float) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
-def _tfidf_gate(challenger: EvalMetrics, policy: PolicySettings, decision: Decision) -> bool:
-    """The TF-IDF baseline gate: False (with its reason) when it is on and missed or unmeasured."""
-    acc, tfidf, margin = challenger.accuracy, challenger.baseline_accuracy, policy.min_gain_over_tfidf
-    if margin is None:
-        if _finite(tfidf):
-            decision.reasons.append(f"TF-IDF baseline {tfidf:.4f} (reported, not gated)")
+def _evidence_gate(decision: Decision, *, check: str, setting: str, label: str, evidence: float, on: bool,
+                   value: float, need: float, passed: str, failed: str) -> bool:
+    """One evidence gate: off, its evidence is reported only; on, a missing measurement or `value` under `need`
+    refuses (False) with its reason, else the pass is recorded."""
+    if not on:
+        if _finite(evidence):
+            decision.reasons.append(f"{label} {evidence:.4f} (reported, not gated)")
         return True
-    if not _finite(tfidf):
-        decision.checks["beats_tfidf_baseline"] = False
-        decision.reasons.append("the TF-IDF baseline accuracy is missing; the gate min_gain_over_tfidf is on, "
-                                "so nothing is promoted without it")
+    if not _finite(evidence):
+        decision.checks[check] = False
+        decision.reasons.append(f"the {label} is missing; the gate {setting} is on, so nothing is promoted without it")
         return False
-    decision.checks["beats_tfidf_baseline"] = acc + EPS >= tfidf + margin
-    if not decision.checks["beats_tfidf_baseline"]:
-        decision.reasons.append(f"accuracy {acc:.4f} below the TF-IDF baseline {tfidf:.4f} + margin {margin:.4f}")
-        return False
-    decision.reasons.append(f"accuracy {acc:.4f} >= TF-IDF baseline {tfidf:.4f} + margin {margin:.4f}")
-    return True
+    decision.checks[check] = value + EPS >= need
+    decision.reasons.append(passed if decision.checks[check] else failed)
+    return decision.checks[check]
+
+
+def _tfidf_gate(challenger: EvalMetrics, policy: PolicySettings, decision: Decision) -> bool:
+    """The TF-IDF baseline gate: the challenger's accuracy at least the baseline's + min_gain_over_tfidf."""
+    acc, tfidf, margin = challenger.accuracy, challenger.baseline_accuracy, policy.min_gain_over_tfidf
+    m = margin or 0.0
+    return _evidence_gate(decision, check="beats_tfidf_baseline", setting="min_gain_over_tfidf",
+                          label="TF-IDF baseline accuracy" if margin is not None and not _finite(tfidf)
+                          else "TF-IDF baseline", evidence=tfidf, on=margin is not None, value=acc, need=tfidf + m,
+                          passed=f"accuracy {acc:.4f} >= TF-IDF baseline {tfidf:.4f} + margin {m:.4f}",
+                          failed=f"accuracy {acc:.4f} below the TF-IDF baseline {tfidf:.4f} + margin {m:.4f}")
 
 
 def _behaviour_gate(challenger: EvalMetrics, policy: PolicySettings, decision: Decision) -> bool:
-    """The behavioural suite gate: False (with its reason) when it is on and missed or unmeasured."""
+    """The behavioural suite gate: the suite's pass rate at least min_behaviour_pass_rate."""
     rate, need = challenger.behaviour_pass_rate, policy.min_behaviour_pass_rate
-    if need is None:
-        if _finite(rate):
-            decision.reasons.append(f"behaviour pass rate {rate:.4f} (reported, not gated)")
-        return True
-    if not _finite(rate):
-        decision.checks["behaviour_pass_rate"] = False
-        decision.reasons.append("the behaviour pass rate is missing; the gate min_behaviour_pass_rate is on, "
-                                "so nothing is promoted without it")
-        return False
-    decision.checks["behaviour_pass_rate"] = rate + EPS >= need
-    if not decision.checks["behaviour_pass_rate"]:
-        decision.reasons.append(f"behaviour pass rate {rate:.4f} below the required {need:.4f}")
-        return False
-    decision.reasons.append(f"behaviour pass rate {rate:.4f} >= {need:.4f}")
-    return True
+    return _evidence_gate(decision, check="behaviour_pass_rate", setting="min_behaviour_pass_rate",
+                          label="behaviour pass rate", evidence=rate, on=need is not None, value=rate,
+                          need=need or 0.0, passed=f"behaviour pass rate {rate:.4f} >= {need or 0.0:.4f}",
+                          failed=f"behaviour pass rate {rate:.4f} below the required {need or 0.0:.4f}")
 
 
 def decide(challenger: EvalMetrics, champion: EvalMetrics | None, policy: PolicySettings,

@@ -138,7 +138,9 @@ STAGES: tuple[Stage, ...] = (
           resources=Resources(cpu_request="4", memory_request="16Gi", gpus=1), gpu=True),
     Stage("evaluate", "evaluation", inputs=("dataset", "model"), retry=_retry(2, "Always", NOT_RETRIED),
           resources=Resources(cpu_request="2", memory_request="8Gi")),
-    # register gets the dataset itself: its test split checks the int8 ONNX export (and proves the lineage).
+    # evaluate builds the ONNX export and makes the paired int8 decision on the test rows it scores (its `onnx/`
+    # output travels with the model); register gets the dataset itself to prove the lineage (content hash) and
+    # to state it in the model card.
     Stage("register", "registration", inputs=("dataset", "model", "evaluation", "version"),
           retry=_retry(2, "Always", NOT_RETRIED), output_params=("promoted",)),
 )
