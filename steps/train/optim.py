@@ -8,6 +8,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from sentimentops.steps.core.logs import get_logger
+
+log = get_logger(__name__)
+
 
 def scaled_learning_rate(lr: float, reference_batch_size: int, global_batch_size: int, rule: str) -> float:
     ratio = global_batch_size / reference_batch_size
@@ -74,12 +78,15 @@ def encoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
 
 def freeze(model: nn.Module, *, embeddings: bool, layers: int) -> int:
     """Keeps the embeddings and/or the lowest `layers` transformer layers fixed (requires_grad off; the optimizer
-    then holds no state for them and backward stops above them). Returns how many parameters were frozen."""
+    then holds no state for them and backward stops above them), never the top layer. Returns how many parameters
+    were frozen."""
     if not embeddings and layers == 0:
         return 0
     emb, stack = encoder_parts(model)
-    if layers > len(stack):
-        raise ValueError(f"freeze_layers {layers} > the model's {len(stack)} layers")
+    if layers >= len(stack):  # a profile's recipe on a smaller model: the top layer always learns
+        log.warning("freeze_layers %d on a model of %d layers: freezing the lowest %d", layers, len(stack),
+                    len(stack) - 1)
+        layers = len(stack) - 1
     parts = ([emb] if embeddings else []) + list(stack[:layers])
     frozen = 0
     for part in parts:

@@ -62,8 +62,8 @@ README_RENDER = ".venv/bin/sentimentops render --check"
 RUNBOOK_RENDER = "sentimentops render --check"
 RUNBOOK_CHECK = "sentimentops check workflows/rendered/sentiment-training.yaml"
 README_PIPELINE = (".venv/bin/sentimentops pipeline run --run-dir .sentimentops/runs/mine -p profile=local "
-                   "-p source=auto -p sample-size=2000 -p test-size=500 -p epochs=1 -p batch-size=16 "
-                   "-p learning-rate=1e-4 -p max-length=128 -p rollout=skip")
+                   "-p source=auto -p sample-size=2300 -p test-size=500 -p epochs=1 -p batch-size=16 "
+                   "-p learning-rate=2e-4 -p max-length=128 -p rollout=skip")
 RUNBOOK_TRY = ("sentimentops pipeline run --run-dir .sentimentops/runs/try -p profile=local -p source=demo "
                "-p epochs=1 -p rollout=skip")
 CHALLENGER = ("sentimentops pipeline run --run-dir .sentimentops/runs/challenger -p profile=local -p source=demo "

@@ -71,3 +71,29 @@ def test_offline_base_model_falls_back_only_where_allowed(home, caplog):
 def test_local_folder_base_model_needs_no_hub(home, tiny_model_dir):
     settings = load_settings(TrainSettings, {"base_model": str(tiny_model_dir)})
     assert resolve_base_model(settings) == (str(tiny_model_dir), False)
+
+
+def test_evaluate_bounds_the_test_rows_on_a_cpu_only_and_keeps_the_label_balance(monkeypatch):
+    """issue 14, item 7: the local profile scores at most max_rows_cpu rows without a GPU (stratified, in split
+    order, so the same rows every time); unbounded, or where a GPU is, the whole split."""
+    import pandas as pd
+
+    from sentimentops.steps.evaluate import cli
+
+    test = pd.DataFrame({"text": [f"r{i}" for i in range(30)], "label": [i % 3 == 0 for i in range(30)]})
+    test["label"] = test["label"].astype(int)  # 10 positive, 20 negative
+    monkeypatch.setattr(cli, "use_torch", lambda backend: False)
+    picked = cli.bounded(test, cli.EvaluateSettings(max_rows_cpu=10))
+    assert len(picked) == 10 and picked["label"].sum() == 5
+    assert picked["text"].tolist() == cli.bounded(test, cli.EvaluateSettings(max_rows_cpu=10))["text"].tolist()
+    assert len(cli.bounded(test, cli.EvaluateSettings(max_rows_cpu=0))) == 30
+    monkeypatch.setattr(cli, "use_torch", lambda backend: True)  # a GPU: the full split
+    assert len(cli.bounded(test, cli.EvaluateSettings(max_rows_cpu=10))) == 30
+
+
+def test_the_local_profile_bounds_evaluate_and_gke_does_not():
+    from sentimentops.steps.core.config import load_settings
+    from sentimentops.steps.evaluate.cli import EvaluateSettings
+
+    assert load_settings(EvaluateSettings, {"profile": "local"}).max_rows_cpu == 1000
+    assert load_settings(EvaluateSettings, {"profile": "gke"}).max_rows_cpu == 0

@@ -246,3 +246,25 @@ def test_batch_size_zero_resolves_by_data_size_and_bad_options_are_refused(imdb)
     model = load(model_dir)
     np.testing.assert_allclose(predict_proba(model, ids[:16], pad_id=pad, device="cpu", compile="static"),
                                predict_proba(model, ids[:16], pad_id=pad, device="cpu"), atol=0)
+
+
+def test_frozen_parts_keep_their_weights_and_the_rest_learns(imdb):
+    """issue 14: freeze_embeddings / freeze_layers keep those weights bit-identical through training (no gradient,
+    no optimizer state) while the layers above and the head move; on a model with fewer layers than asked the top
+    layer still learns."""
+    from sentimentops.steps.train.optim import encoder_parts, freeze
+
+    model_dir, ids, labels, pad = imdb
+    model = load(model_dir)
+    before = weights(model)
+    train(model, ids[:48], labels[:48], cfg(epochs=1, freeze_embeddings=True, freeze_layers=5), pad_id=pad,
+          device="cpu", progress=False)  # the tiny model has 2 layers: the lowest 1 is frozen, the top one learns
+    after = weights(model)
+    emb, stack = encoder_parts(model)
+    frozen = {n for n, _ in model.named_parameters() if not _.requires_grad}
+    assert frozen and all(n.startswith(("distilbert.embeddings", "distilbert.transformer.layer.0")) for n in frozen)
+    assert all(torch.equal(before[n], after[n]) for n in frozen)
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(before[n], after[n])]
+    assert any(n.startswith("distilbert.transformer.layer.1") for n in moved) and any("classifier" in n for n in moved)
+    assert len(stack) == 2 and not any(p.requires_grad for p in emb.parameters())
+    assert freeze(load(model_dir), embeddings=False, layers=0) == 0
