@@ -164,15 +164,6 @@ def score_encoded(onnx_path: Path, model_dir: Path, encoded: Sequence[Encoded], 
     return probs
 
 
-def score(onnx_path: Path, model_dir: Path, texts: list[str], max_tokens: int, threads: int = 0) -> np.ndarray:
-    """P(positive) per text through the serving backend (the predictor's TextEncoder and OnnxBackend)."""
-    from sentimentops.steps.core.backends import TextEncoder
-
-    encoder = TextEncoder(model_dir, max_tokens)
-    return score_encoded(onnx_path, model_dir, encoder.encode(texts), pad_id=encoder.pad_id,
-                         desc=f"score {Path(onnx_path).stem}", threads=threads)
-
-
 def mcnemar_p(fp32_only_right: int, int8_only_right: int) -> float:
     """One-sided exact McNemar p-value: the chance of `fp32_only_right` or more of the discordant rows going
     fp32's way if int8 were no worse (each discordant row a fair coin). 1.0 with no discordant rows."""

@@ -140,9 +140,6 @@ def score_folder(folder: ModelFolder, encoded: list[Encoded], *, backend: str, t
     return score_torch(folder.model_dir, encoded, **torch_kwargs), "torch"
 
 
-Predict = Callable[[list[str]], np.ndarray]
-
-
 @dataclass(frozen=True)
 class Served:
     """The challenger as evaluate scored it (`backend`: the ONNX file it chose, or torch), for the behavioural suite
