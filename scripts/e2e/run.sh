@@ -80,7 +80,6 @@ kubectl -n "$NS" create secret generic sentimentops-postgres --from-literal=user
   --from-literal=password="$PG_PASSWORD" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$NS" create secret generic sentimentops-mlflow-db \
   --from-literal=uri="postgresql://mlflow:$PG_PASSWORD@mlflow-postgres:5432/mlflow" --dry-run=client -o yaml | kubectl apply -f -
-python3 charts/sync_files.py
 helm upgrade --install sentimentops charts/sentimentops -n "$NS" -f "$HERE/values-kind.yaml" --wait --timeout 10m \
   --set inferenceService.enabled=false
 kubectl -n "$NS" get workflowtemplate "$TEMPLATE"

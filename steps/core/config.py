@@ -142,7 +142,8 @@ class EnvSource(PydanticBaseSettingsSource):
         values: dict[str, Any] = {}
         for field_name, info in self.settings_cls.model_fields.items():
             raw, name, structured = self.get_field_value(info, field_name)
-            if raw is None:
+            # Empty is unset: a WorkflowTemplate parameter the chart leaves empty keeps the profile's value.
+            if raw is None or raw == "":
                 continue
             if structured:
                 try:

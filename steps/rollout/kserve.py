@@ -28,7 +28,7 @@ Mode = Literal["serverless", "raw"]
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 VERSION_LABEL = "sentimentops.io/model-version"  # relabelled to `model_version` by the ServiceMonitor
-# Relabelled to `role` (stable/canary): the canary recording rules in monitoring/rules compare by it.
+# Relabelled to `role` (stable/canary): the canary recording rules in charts/sentimentops/files/monitoring/rules compare by it.
 ROLE_LABEL = "sentimentops.io/role"
 MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
 CONTAINER = "kserve-container"

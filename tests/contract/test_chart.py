@@ -16,24 +16,21 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sentimentops"
-RENDERED = REPO / "workflows" / "rendered"
+RENDERED = REPO / "charts" / "sentimentops" / "files" / "workflows"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 NAMESPACE = "sentimentops"
 KUBE_VERSION = "1.30.0"
 CRD_GROUPS = ("argoproj.io/", "serving.kserve.io/", "monitoring.coreos.com/")
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the infra extra)")
-sys.path.insert(0, str(REPO / "charts"))
-import sync_files  # charts/sync_files.py: what `make chart-files` runs
 
 VALUES = {"default": None, "gke": CHART / "values-gke.yaml"}
 
 
-def make_chart(tmp: Path, repo: Path = REPO) -> Path:
-    """A copy of the chart with files/ filled from `repo` exactly as `make chart-files` does."""
+def make_chart(tmp: Path) -> Path:
+    """A copy of the chart exactly as a clone has it (the Argo and monitoring files live in it)."""
     dst = tmp / "sentimentops"
-    shutil.copytree(CHART, dst, ignore=shutil.ignore_patterns("files"))
-    sync_files.sync(dst, repo)
+    shutil.copytree(CHART, dst)
     return dst
 
 
@@ -85,7 +82,7 @@ def test_every_document_passes_strict_validation(rendered):
 def test_argo_documents_are_the_rendered_hera_yaml_verbatim(rendered, chart):
     _, docs = rendered
     sources = sorted(RENDERED.glob("*.yaml"))
-    assert sources, "workflows/rendered/ is empty"
+    assert sources, "charts/sentimentops/files/workflows/ is empty"
     text = "\n".join(helm.Chart.load(chart).render({}, name="s", namespace=NAMESPACE).values())
     for src in sources:
         body = src.read_text()
@@ -96,21 +93,13 @@ def test_argo_documents_are_the_rendered_hera_yaml_verbatim(rendered, chart):
     assert training["spec"]["templates"][3]["nodeSelector"] == {"cloud.google.com/gke-nodepool": "gpu-pool"}
 
 
-def test_chart_copy_is_in_sync_and_a_missing_copy_fails_with_the_fix(chart, tmp_path):
-    assert sync_files.differences(chart) == []
-    bare = tmp_path / "bare"
-    shutil.copytree(CHART, bare, ignore=shutil.ignore_patterns("files"))
-    with pytest.raises(helm.HelmError, match="make chart-files"):
-        render(bare)
-
-
 def test_monitoring_files_are_picked_up_whatever_exists(tmp_path):
-    fake = tmp_path / "repo"
-    (fake / "workflows" / "rendered").mkdir(parents=True)
-    shutil.copy(RENDERED / "sentiment-training.yaml", fake / "workflows" / "rendered")
-    before = render(make_chart(tmp_path / "before", fake))
+    bare = make_chart(tmp_path / "before")
+    shutil.rmtree(bare / "files" / "monitoring")
+    before = render(bare)
     assert not by_kind(before, "PrometheusRule") and not [d for d in before if d["kind"] == "ConfigMap"]
 
+    fake = bare / "files"
     (fake / "monitoring" / "rules").mkdir(parents=True)
     (fake / "monitoring" / "dashboards").mkdir()
     (fake / "monitoring" / "alertmanager").mkdir()
@@ -120,7 +109,7 @@ def test_monitoring_files_are_picked_up_whatever_exists(tmp_path):
     (fake / "monitoring" / "rules" / "serving_alerts.yaml").write_text(yaml.safe_dump(groups))
     (fake / "monitoring" / "dashboards" / "serving.json").write_text(json.dumps({"title": "Serving", "panels": []}))
     (fake / "monitoring" / "alertmanager" / "alertmanager.yaml").write_text("route: {receiver: x}\nreceivers: [{name: x}]\n")
-    after = render(make_chart(tmp_path / "after", fake), {"monitoring": {"alertmanager": {"enabled": True}}})
+    after = render(bare, {"monitoring": {"alertmanager": {"enabled": True}}})
     rule = by_kind(after, "PrometheusRule")["sentimentops-serving-alerts"]
     assert rule["spec"] == groups and rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     dash = by_kind(after, "ConfigMap")["sentimentops-dashboard-serving"]
@@ -134,7 +123,7 @@ def test_monitoring_files_are_picked_up_whatever_exists(tmp_path):
 
 def test_real_monitoring_rules_become_valid_prometheus_rules(rendered):
     _, docs = rendered
-    files = sorted((REPO / "monitoring" / "rules").glob("*.yaml"))
+    files = sorted((REPO / "charts" / "sentimentops" / "files" / "monitoring" / "rules").glob("*.yaml"))
     rules = by_kind(docs, "PrometheusRule")
     assert len(rules) == len(files)
     for f in files:
@@ -324,7 +313,7 @@ def test_service_monitor_relabels_pod_labels_for_version_and_role(rendered):
     assert "__meta_kubernetes_pod_label_" + VERSION_LABEL.replace(".", "_").replace("/", "_").replace("-", "_") \
         == "__meta_kubernetes_pod_label_sentimentops_io_model_version"
     # The recording rules select on exactly these two target labels.
-    rules = (REPO / "monitoring" / "rules" / "sentiment-recording.yaml").read_text()
+    rules = (REPO / "charts" / "sentimentops" / "files" / "monitoring" / "rules" / "sentiment-recording.yaml").read_text()
     assert 'role="canary"' in rules and "model_version" in rules
     svc = by_kind(docs, "Service")["sentiment-metrics"]
     assert svc["spec"]["selector"] == {"serving.kserve.io/inferenceservice": "sentiment"}
@@ -423,7 +412,7 @@ def test_secrets_come_only_from_values(chart, rendered):
     assert not {"sentiment-retrain-webhook", "sentiment-alertmanager-slack"} & set(by_kind(docs, "Secret"))
     eventsource = next(d for d in docs if d["kind"] == "EventSource")
     assert eventsource["spec"]["webhook"]["drift"]["authSecret"] == {"key": "token", "name": "sentiment-retrain-webhook"}
-    alertmanager = (REPO / "monitoring" / "alertmanager" / "alertmanager.yaml").read_text()
+    alertmanager = (REPO / "charts" / "sentimentops" / "files" / "monitoring" / "alertmanager" / "alertmanager.yaml").read_text()
     assert "/etc/alertmanager/secrets/sentiment-alertmanager-slack/webhook-url" in alertmanager
     assert "/etc/alertmanager/secrets/sentiment-retrain-webhook/token" in alertmanager
 

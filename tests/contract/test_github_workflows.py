@@ -85,7 +85,7 @@ def test_every_image_is_built_and_tagged_with_the_git_sha():
     assert build["tags"] == "${{ env.REGISTRY }}/sentimentops-${{ matrix.image }}:${{ github.sha }}"
     assert "BASE_IMAGE=${{ env.REGISTRY }}/sentimentops-base:${{ github.sha }}" in build["build-args"]
     # The WorkflowTemplate pulls <registry>/sentimentops-<stage>:<tag> for each of its stages.
-    rendered = yaml.safe_load((REPO / "workflows" / "rendered" / "sentiment-training.yaml").read_text())
+    rendered = yaml.safe_load((REPO / "charts" / "sentimentops" / "files" / "workflows" / "sentiment-training.yaml").read_text())
     # Image names come from the templates' images (several rollout tasks share one image).
     stages = {re.search(r"/sentimentops-([\w-]+):", t["container"]["image"]).group(1)
               for t in rendered["spec"]["templates"] if "container" in t}
@@ -94,14 +94,14 @@ def test_every_image_is_built_and_tagged_with_the_git_sha():
 
 def test_release_applies_the_chart_and_train_submits_the_template():
     release = "\n".join(s.get("run", "") for _, s in steps(load("release.yml")))
-    assert "python charts/sync_files.py" in release and "helm upgrade --install sentimentops charts/sentimentops" in release
+    assert "helm upgrade --install sentimentops charts/sentimentops" in release
     assert "values-gke.yaml" in release
     train = "\n".join(s.get("run", "") for _, s in steps(load("train.yml")))
     assert "workflowTemplateRef" in train and "sentiment-training-v" in train
     assert "serviceAccountName: sentimentops-training" in train
     inputs = load("train.yml")["on"]["workflow_dispatch"]["inputs"]
     params = {p["name"] for p in yaml.safe_load(
-        (REPO / "workflows" / "rendered" / "sentiment-training.yaml").read_text())["spec"]["arguments"]["parameters"]}
+        (REPO / "charts" / "sentimentops" / "files" / "workflows" / "sentiment-training.yaml").read_text())["spec"]["arguments"]["parameters"]}
     assert set(inputs) <= params
 
 

@@ -60,7 +60,7 @@ def test_one_base_pinned_and_every_image_built_on_it():
 
 def test_each_stage_image_installs_only_its_own_extra():
     extras = PYPROJECT["project"]["optional-dependencies"]
-    rendered = yaml.safe_load((REPO / "workflows" / "rendered" / "sentiment-training.yaml").read_text())
+    rendered = yaml.safe_load((REPO / "charts" / "sentimentops" / "files" / "workflows" / "sentiment-training.yaml").read_text())
     # Image names come from the templates' images (several rollout tasks share one image).
     stages = {re.search(r"/sentimentops-([\w-]+):", t["container"]["image"]).group(1)
               for t in rendered["spec"]["templates"] if "container" in t}

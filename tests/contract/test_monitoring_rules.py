@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-MONITORING = REPO / "monitoring"
+MONITORING = REPO / "charts" / "sentimentops" / "files" / "monitoring"
 RULE_FILES = sorted((MONITORING / "rules").glob("*.yaml"))
 RULE_TESTS = sorted((MONITORING / "tests").glob("*_test.yaml"))
 ALERTMANAGER = MONITORING / "alertmanager" / "alertmanager.yaml"

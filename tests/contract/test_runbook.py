@@ -5,7 +5,7 @@
 - `kubectl ...`: the InferenceService/Service named exist in the rendered chart; each `patch` is applied to the
   rendered InferenceService and the result passes the strict KServe schema (canaryTrafficPercent 0..100).
 - `helm`, `terraform`, `gcloud`, `make`: the chart, values files, variables and targets they name exist.
-- every alert defined in monitoring/rules/ has a row in the alert table."""
+- every alert defined in charts/sentimentops/files/monitoring/rules/ has a row in the alert table."""
 
 from __future__ import annotations
 
@@ -49,12 +49,7 @@ def flag_value(cmd: list[str], *names: str) -> list[str]:
 @pytest.fixture(scope="module")
 def chart_docs(tmp_path_factory) -> list[dict]:
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the infra extra)")
-    sys.path.insert(0, str(REPO / "charts"))
-    import sync_files
-
-    chart = tmp_path_factory.mktemp("chart") / "sentimentops"
-    shutil.copytree(REPO / "charts" / "sentimentops", chart, ignore=shutil.ignore_patterns("files"))
-    sync_files.sync(chart, REPO)
+    chart = REPO / "charts" / "sentimentops"
     values = yaml.safe_load((REPO / "charts" / "sentimentops" / "values-gke.yaml").read_text())
     out = helm.Chart.load(chart).render(values, name="sentimentops", namespace=NAMESPACE, is_install=True)
     return [d for t in out.values() for d in yaml.safe_load_all(t) if d]
@@ -163,7 +158,7 @@ def test_helm_terraform_gcloud_make_lines_name_what_exists():
 
 def test_every_alert_has_a_runbook_entry():
     text = RUNBOOK.read_text()
-    alerts = {r["alert"] for f in (REPO / "monitoring" / "rules").glob("*.yaml")
+    alerts = {r["alert"] for f in (REPO / "charts" / "sentimentops" / "files" / "monitoring" / "rules").glob("*.yaml")
               for g in (yaml.safe_load(f.read_text()) or {}).get("groups", []) for r in g["rules"] if "alert" in r}
     rows = set(re.findall(r"^\| (\w+) \|", text, re.MULTILINE))
     assert alerts <= rows, f"alerts without a runbook row: {sorted(alerts - rows)}"

@@ -81,7 +81,7 @@ def test_sensor_submits_the_template_with_the_reason_from_the_event(rendered):
 
 def test_alertmanager_drift_route_posts_to_the_eventsource_with_its_token(rendered):
     webhook = rendered["eventsource"]["spec"]["webhook"]["drift"]
-    config = yaml.safe_load((REPO / "monitoring" / "alertmanager" / "alertmanager.yaml").read_text())
+    config = yaml.safe_load((REPO / "charts" / "sentimentops" / "files" / "monitoring" / "alertmanager" / "alertmanager.yaml").read_text())
     (receiver,) = [r for r in config["receivers"] if r["name"] == "retrain-webhook"]
     (hook,) = receiver["webhook_configs"]
     name = rendered["eventsource"]["metadata"]["name"]

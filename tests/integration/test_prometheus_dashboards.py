@@ -3,7 +3,7 @@
 
     predictor (`sentimentops serve`, tiny model, --prediction-log) --records--> `drift watch` (window 50)
         ^ 160 IMDB reviews, 100 Rotten Tomatoes snippets, 6 invalid requests (bounded, 2 client threads)
-    prometheus (scrape 1s, the rule files of monitoring/rules) <- both /metrics
+    prometheus (scrape 1s, the rule files of charts/sentimentops/files/monitoring/rules) <- both /metrics
 
 With CI=true a missing `prometheus` binary fails the test (the set-up installs it); elsewhere it is skipped.
 Documented exception (docs/monitoring.md): the GPU panel reads NVIDIA's DCGM exporter, which a CPU machine does
@@ -31,8 +31,8 @@ from sentimentops.steps.core.processes import ProcessGroups, wait_for
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-DASHBOARDS = sorted((REPO / "monitoring" / "dashboards").glob("*.json"))
-RULE_FILES = sorted((REPO / "monitoring" / "rules").glob("*.yaml"))
+DASHBOARDS = sorted((REPO / "charts" / "sentimentops" / "files" / "monitoring" / "dashboards").glob("*.json"))
+RULE_FILES = sorted((REPO / "charts" / "sentimentops" / "files" / "monitoring" / "rules").glob("*.yaml"))
 EMPTY_ON_CPU = {("sentiment-service-health", "GPU use")}  # DCGM exporter metrics: GPU nodes only
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval becomes at a 1 s scrape interval on a short range
 WINDOW = 50

@@ -426,14 +426,14 @@ def test_source_hash_covers_code_and_data_not_profiles_rendered_specs_or_caches(
     from sentimentops.workflows.runner.fingerprint import source_hash
 
     files = {"steps/train.py": "x = 1", "steps/demo/reviews.jsonl": "{}", "steps/profiles/local.yaml": "a: 1",
-             "steps/__pycache__/train.cpython-311.pyc": "b", "workflows/rendered/wf.yaml": "kind: W",
+             "steps/__pycache__/train.cpython-311.pyc": "b", "charts/sentimentops/files/workflows/wf.yaml": "kind: W",
              "workflows/runner/run.py": "y = 2"}
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     roots = (tmp_path / "steps", tmp_path / "workflows")
     before = source_hash(roots)
-    for rel in ("steps/profiles/local.yaml", "steps/__pycache__/train.cpython-311.pyc", "workflows/rendered/wf.yaml"):
+    for rel in ("steps/profiles/local.yaml", "steps/__pycache__/train.cpython-311.pyc", "charts/sentimentops/files/workflows/wf.yaml"):
         (tmp_path / rel).write_text("edited")
         assert source_hash(roots) == before, rel
     for rel in ("steps/train.py", "steps/demo/reviews.jsonl", "workflows/runner/run.py"):

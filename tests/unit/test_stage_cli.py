@@ -27,7 +27,7 @@ STAGES = {
                  lambda tmp: ["--dataset", str(tmp / "missing"), "--out", str(tmp / "o")]),
     "version": (version_main, VersionSettings, lambda tmp: ["--dataset", str(tmp / "missing"), "--out", str(tmp / "o")]),
 }
-# Flags the rendered Argo template (workflows/rendered/sentiment-training.yaml) passes to each data stage.
+# Flags the rendered Argo template (charts/sentimentops/files/workflows/sentiment-training.yaml) passes to each data stage.
 RENDERED_FLAGS = {
     "ingest": ["--source", "--sample-size", "--test-size", "--val-fraction", "--seed", "--out"],
     "validate": ["--dataset", "--out"],

@@ -1,6 +1,6 @@
 """The training DAG, defined once in Hera: ingest -> validate -> version -> train -> evaluate -> register.
 
-This is the only definition of the pipeline. `sentimentops.workflows.render` writes it to `workflows/rendered/` (committed,
+This is the only definition of the pipeline. `sentimentops.workflows.render` writes it to `charts/sentimentops/files/workflows/` (committed,
 golden-tested, schema-checked); Argo runs that YAML in the cluster and `sentimentops.workflows.runner.local_runner` interprets the
 same YAML on a laptop. The stages are known here only by their CLI (docs/stages.md), never imported.
 

@@ -13,7 +13,7 @@ A task's fingerprint is the sha256 of its parts (each a short hash, recorded in 
                          section and of the stage's own section(s) (`SENTIMENTOPS_PROFILE`, or `--profile`;
                          read with sentimentops.steps.core.config.load_profile, a name or a .yaml path)
   code.source            content hash of the package source: *.py and data files under steps/ and workflows/,
-                         without workflows/rendered, workflows/schemas (the spec itself reaches the fingerprint
+                         without charts/sentimentops/files/workflows, workflows/schemas (the spec itself reaches the fingerprint
                          through args and env) and steps/profiles (covered key by key by settings.*); this is
                          the code version (not the git commit: a docs-only commit re-runs nothing)
 
@@ -35,7 +35,7 @@ from sentimentops.steps.core.config import DEFAULT_PROFILE, PROFILES_DIR, Common
 STEPS_ROOT = PROFILES_DIR.parent
 WORKFLOWS_ROOT = Path(__file__).resolve().parents[1]
 # Relative to the folder that holds the roots: what never changes a step's result, or is fingerprinted otherwise.
-CODE_EXCLUDED = ("steps/profiles", "workflows/rendered", "workflows/schemas")
+CODE_EXCLUDED = ("steps/profiles", "charts/sentimentops/files/workflows", "workflows/schemas")
 CODE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".jsonl", ".csv", ".txt", ".parquet")
 # Sections a stage reads besides its own (steps/evaluate/scoring.py also loads ExportSettings, section `export`).
 EXTRA_SECTIONS: Mapping[str, tuple[str, ...]] = {"evaluate": ("export",)}

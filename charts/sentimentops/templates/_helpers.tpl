@@ -40,13 +40,6 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Files copied by `make chart-files`; fail early with the fix instead of rendering a chart without them. */}}
-{{- define "sentimentops.requireFiles" -}}
-{{- if not (.Files.Glob "files/workflows/*.yaml") -}}
-{{- fail "charts/sentimentops/files/workflows/ is empty: run `make chart-files` (copies workflows/rendered/ and monitoring/ into the chart)" -}}
-{{- end -}}
-{{- end }}
-
 {{/* The Secret holding the retraining webhook's bearer token (key `token`). */}}
 {{- define "sentimentops.retrainWebhookSecret" -}}
 {{ .Values.secrets.retrainWebhook.existingSecret | default "sentiment-retrain-webhook" }}
