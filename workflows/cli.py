@@ -35,14 +35,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     render.add_arguments(sub.add_parser("render", help="write charts/sentimentops/files/workflows/*.yaml (or --check them)"))
     for name in ("run", "pipeline"):
-        p = sub.add_parser(name, help="run a rendered workflow's DAG locally, one subprocess per task")
+        p = sub.add_parser(name, help="run a rendered workflow's DAG locally, one subprocess per task, then its "
+                           "exit handler (templateRef resolves against the WorkflowTemplates beside it)")
         p.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE,
                        help=f"rendered Workflow/WorkflowTemplate YAML (default: {DEFAULT_TEMPLATE.name})")
         p.add_argument("--run-dir", type=Path, required=True,
                        help="run folder: outputs, logs, status.json; re-using it resumes and reuses steps")
         p.add_argument("-p", "--parameter", dest="parameters", type=_key_value, action="append", default=[],
                        metavar="KEY=VALUE", help="override a workflow parameter, like `argo submit -p`")
-        p.add_argument("--stop-after", metavar="TASK", help="stop once TASK has succeeded (resume later)")
+        p.add_argument("--stop-after", metavar="TASK", help="stop once TASK has succeeded (resume later); a task of "
+                       "a DAG another task runs is named by its path, e.g. rollout/analyse")
         p.add_argument("--env", dest="env", type=_key_value, action="append", default=[], metavar="KEY=VAL",
                        help="extra environment for every task (over the template's env)")
     check = sub.add_parser("check", help="strict schema + semantic checks of manifest files")

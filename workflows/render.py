@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from sentimentops.steps.core.logs import emit, get_logger
-from sentimentops.workflows.checks.schema_check import manifest_errors
+from sentimentops.workflows.checks.schema_check import manifest_errors, workflow_templates
+from sentimentops.workflows.checks.semantic_check import reference_errors
 from sentimentops.workflows.definitions import rollout, training, triggers
 
 # The chart owns the Argo documents: they are rendered straight into it (committed; `helm install` from a clone
@@ -68,14 +69,18 @@ def to_yaml(manifest: dict) -> str:
 
 
 def render_all() -> dict[str, str]:
-    """File name -> full file text. Refuses to render a manifest that fails the strict checks."""
-    texts = {}
+    """File name -> full file text. Refuses to render a manifest that fails the strict checks, or a set whose
+    references between documents (templateRef, workflowTemplateRef) do not resolve among themselves."""
+    texts, manifests = {}, {}
     for filename, (source, build) in sorted(MANIFESTS.items()):
-        manifest = build()
+        manifest = manifests[filename] = build()
         problems = manifest_errors(manifest)
         if problems:
             raise ValueError(f"{filename} fails validation:\n  " + "\n  ".join(problems))
         texts[filename] = HEADER.format(source=source) + to_yaml(manifest)
+    problems = reference_errors(list(manifests.values()), workflow_templates(manifests.values()))
+    if problems:
+        raise ValueError("references between the rendered files do not resolve:\n  " + "\n  ".join(problems))
     return texts
 
 

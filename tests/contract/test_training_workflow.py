@@ -1,5 +1,6 @@
 """Contract tests: the rendered training WorkflowTemplate against the golden file, the upstream schemas (strict),
-the semantic checks, the stage CLI contract (docs/stages.md) and the cluster conventions (ARCHITECTURE.md)."""
+the semantic checks, the stage CLI contract (docs/stages.md), the cluster conventions (ARCHITECTURE.md: stable
+names, retries, deadlines, exit handler, workflow metrics) and the parameters the chart sets from its values."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from sentimentops.workflows import cli, render
+from sentimentops.workflows.argo.expressions import evaluate_expr, evaluate_when
 from sentimentops.workflows.argo.spec import load_spec, topological_order
 from sentimentops.workflows.checks.schema_check import manifest_errors, schema_errors
 from sentimentops.workflows.checks.semantic_check import semantic_errors
@@ -100,13 +102,37 @@ def test_semantic_checks_catch_what_the_schema_cannot(mutable, mutate, expected)
     assert any(expected in e for e in errors), errors
 
 
-def test_template_name_and_labels_carry_the_package_version(doc):
+def test_the_name_is_stable_and_the_version_is_a_label(doc):
+    # The chart, the cron, the Sensor and `argo submit --from` name the template across releases.
     version = training.package_version()
     assert doc["kind"] == "WorkflowTemplate"
-    assert doc["metadata"]["name"] == "sentiment-training-v" + version.replace(".", "-")
+    assert doc["metadata"]["name"] == "sentiment-training" == training.TEMPLATE_NAME
     assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "sentimentops"
     assert doc["metadata"]["labels"]["app.kubernetes.io/version"] == version
-    assert training.dns_label("Sentiment-Training-v1.2.0rc1+g3f") == "sentiment-training-v1-2-0rc1-g3f"
+    assert doc["spec"]["workflowMetadata"]["labels"]["app.kubernetes.io/version"] == version
+    assert version not in doc["metadata"]["name"]
+
+
+# Contract 3 (issue 12): what the chart sets in every template from its values; neutral here.
+CHART_PARAMETERS = {
+    "image-registry": "", "image-tag": training.package_version(), "mlflow-tracking-uri": "",
+    "mlflow-artifacts-destination": "", "dvc-remote": "", "prometheus-url": "http://prometheus-operated.monitoring.svc:9090",
+    "inference-service": "sentiment", "argo-ui-url": "",
+}
+# Which stage container gets which of them as env (beyond profile, reason and the workflow name).
+STAGE_ENV = {"SENTIMENTOPS_MLFLOW_TRACKING_URI": ("mlflow-tracking-uri", set(STAGE_CONTRACT)),
+             "SENTIMENTOPS_VERSION_REMOTE": ("dvc-remote", {"version"}),
+             "SENTIMENTOPS_MLFLOW_ARTIFACTS_DESTINATION": ("mlflow-artifacts-destination", {"register"})}
+
+
+def test_chart_parameters_have_neutral_defaults_and_no_deployment_is_named(doc):
+    params = {p["name"]: p["value"] for p in doc["spec"]["arguments"]["parameters"]}
+    assert {k: params[k] for k in CHART_PARAMETERS} == CHART_PARAMETERS
+    assert "artifacts-destination" not in params and "rollout-artifacts-destination" not in params
+    for path in render.RENDERED_DIR.glob("*.yaml"):  # no registry, project or bucket anywhere in workflows/
+        text = path.read_text()
+        for needle in ("pkg.dev", "gcr.io", "docker.io", "gs://sentimentops", "europe-west"):
+            assert needle not in text, (path.name, needle)
 
 
 def test_containers_call_the_stage_clis_of_docs_stages_md(doc):
@@ -126,9 +152,12 @@ def test_containers_call_the_stage_clis_of_docs_stages_md(doc):
         registry, tag = "{{workflow.parameters.image-registry}}", "{{workflow.parameters.image-tag}}"
         assert c["image"] == f"{registry}/sentimentops-{stage}:{tag}"
         env = {e["name"]: e["value"] for e in c["env"]}
-        assert env == {"SENTIMENTOPS_PROFILE": "{{workflow.parameters.profile}}",
-                       "SENTIMENTOPS_RUN_REASON": "{{workflow.parameters.reason}}",
-                       "SENTIMENTOPS_WORKFLOW_NAME": "{{workflow.name}}"}
+        expected = {"SENTIMENTOPS_PROFILE": "{{workflow.parameters.profile}}",
+                    "SENTIMENTOPS_RUN_REASON": "{{workflow.parameters.reason}}",
+                    "SENTIMENTOPS_WORKFLOW_NAME": "{{workflow.name}}"}
+        expected |= {var: f"{{{{workflow.parameters.{param}}}}}" for var, (param, stages) in STAGE_ENV.items()
+                     if stage in stages}
+        assert env == expected, stage
 
 
 def test_register_exposes_promoted_from_its_output_folder(doc):
@@ -156,30 +185,42 @@ def test_retries_are_explicit_and_a_failed_validation_is_not_retried(doc):
     assert "expression" not in templates(doc)["validate"]["retryStrategy"]  # OnError: pod errors only
 
 
-# steps/core/errors.py: exit 1 (data error) and 2 (usage error) are deterministic, never retried; 3 and pod errors are.
-NOT_RETRIED = 'lastRetry.status == "Error" || asInt(lastRetry.exitCode) > 2'
-
-
 @pytest.mark.parametrize("stage", ["ingest", "version", "train", "evaluate", "register"])
-def test_retry_expression_never_retries_a_data_or_usage_error(doc, stage):
+def test_retry_expression_is_the_one_definition(doc, stage):
     retry = templates(doc)[stage]["retryStrategy"]
     assert retry["retryPolicy"] == "Always"
-    assert retry["expression"] == NOT_RETRIED == training.NOT_RETRIED
+    assert retry["expression"] == training.NOT_RETRIED
 
 
-@pytest.mark.parametrize(("status", "exit_code", "retried"), [
-    ("Failed", "1", False), ("Failed", "2", False), ("Failed", "3", True), ("Failed", "137", True),
-    ("Error", "-1", True),
+DEADLINE_KILL = "Pod was active on the node longer than the specified deadline"  # the kubelet's pod message
+
+
+@pytest.mark.parametrize(("status", "exit_code", "message", "retried"), [
+    ("Failed", "1", "Error (exit code 1)", False),  # data error: the same data fails again
+    ("Failed", "2", "Error (exit code 2)", False),  # usage error: a bad base model, a bad flag
+    ("Failed", "3", "Error (exit code 3)", True),  # anything else: a hub, GCS or MLflow hiccup, a CUDA fault
+    ("Failed", "137", "OOMKilled (exit code 137)", True),
+    ("Error", "-1", "pod deleted", True),  # eviction, preemption, a lost node: no exit code
+    ("Failed", "137", DEADLINE_KILL, False),  # activeDeadlineSeconds: a hung step would hang again
 ])
-def test_retry_expression_follows_the_exit_table(status, exit_code, retried):
-    # The expression is expr-lang (Argo's retry), not govaluate (`when`): evaluate it here with its two variables
-    # substituted, the way Argo binds them, so a typo in the operators or a changed table fails this test.
+def test_train_retries_infrastructure_errors_only(doc, status, exit_code, message, retried):
+    # The rendered expression, evaluated as expr-lang with the variables Argo binds (all strings: docs/variables.md,
+    # "RetryStrategy"); a typo in an operator, a changed exit table or a dropped clause fails this table.
     from sentimentops.steps.core.errors import NOT_RETRIED as TABLE
 
-    python = NOT_RETRIED.replace("||", " or ").replace("asInt(lastRetry.exitCode)", exit_code)
-    python = python.replace("lastRetry.status", repr(status))
-    assert eval(python, {"__builtins__": {}}) is retried
-    assert (int(exit_code) in TABLE) is (not retried)
+    expression = templates(doc)["train"]["retryStrategy"]["expression"]
+    variables = {"lastRetry.status": status, "lastRetry.exitCode": exit_code, "lastRetry.message": message,
+                 "lastRetry.duration": "12.5"}
+    assert evaluate_expr(expression, variables) is retried
+    if status == "Failed" and message != DEADLINE_KILL:
+        assert (int(exit_code) in TABLE) is (not retried)
+
+
+def test_train_has_a_deadline_and_the_others_run_to_completion(doc):
+    tpls = templates(doc)
+    assert tpls["train"]["activeDeadlineSeconds"] == training.TRAIN_DEADLINE_S
+    # at least an hour (the default 2 epochs on a T4 take well under 30 min), at most a working day of GPU time
+    assert 3600 <= int(tpls["train"]["activeDeadlineSeconds"]) <= 8 * 3600
 
 
 def test_register_gets_the_ingest_dataset(doc):
@@ -195,6 +236,7 @@ def test_register_gets_the_ingest_dataset(doc):
 def test_workflow_level_settings(doc):
     spec = doc["spec"]
     assert spec["synchronization"] == {"mutexes": [{"name": "sentiment-training"}]}
+    assert spec["onExit"] == "notify"
     assert spec["ttlStrategy"]["secondsAfterFailure"] >= spec["ttlStrategy"]["secondsAfterSuccess"]
     assert spec["podGC"]["strategy"] == "OnPodSuccess"
     params = {p["name"]: p for p in spec["arguments"]["parameters"]}
@@ -216,9 +258,49 @@ def test_the_local_runner_reads_the_rendered_dag_in_stage_order():
     spec = load_spec(RENDERED)
     order = [t.name for t in topological_order(spec)]
     assert order[:len(STAGE_CONTRACT)] == list(STAGE_CONTRACT)
-    # then the canary rollout chained after register (tests/contract/test_rollout_workflow.py)
-    assert order[len(STAGE_CONTRACT):] == ["rollout-deploy-canary", "rollout-analyse", "rollout-promote",
-                                           "rollout-rollback"]
+    # then the call to the canary rollout's template (tests/contract/test_rollout_workflow.py)
+    assert order[len(STAGE_CONTRACT):] == ["rollout"]
+    assert spec.on_exit is not None and spec.on_exit.name == "notify"
+
+
+# Contract 5: the exit handler's command line, which `sentimentops notify` (steps/notify.py) parses.
+NOTIFY_COMMAND = ("sentimentops notify --workflow {{workflow.name}} --namespace {{workflow.namespace}} "
+                  "--status {{workflow.status}} --failures {{workflow.failures}} --reason {{workflow.parameters.reason}} "
+                  "--duration {{workflow.duration}} --ui-url {{workflow.parameters.argo-ui-url}}")
+
+
+def test_the_exit_handler_posts_the_outcome(doc):
+    notify = templates(doc)["notify"]
+    c = notify["container"]
+    assert " ".join([*c["command"], *c["args"]]) == NOTIFY_COMMAND
+    assert c["image"] == "{{workflow.parameters.image-registry}}/sentimentops-rollout:{{workflow.parameters.image-tag}}"
+    (secret,) = [e for e in c["env"] if "valueFrom" in e]
+    assert secret == {"name": "SENTIMENTOPS_NOTIFY_SLACK_WEBHOOK_URL", "valueFrom": {"secretKeyRef": {
+        "name": "sentiment-alertmanager-slack", "key": "webhook-url", "optional": True}}}
+    assert notify["retryStrategy"]["retryPolicy"] == "OnError"  # a Slack failure is logged, never retried
+    # it is no task of the DAG: Argo runs it once the DAG is over, whatever the outcome
+    assert all(t.get("template") != "notify" for t in templates(doc)["pipeline"]["dag"]["tasks"])
+
+
+# Variables Argo sets for workflow-level metrics once the workflow is complete (operator.go: workflow.status after
+# the exit handler, creationTimestamp.s in setGlobalParameters; docs/variables.md).
+METRIC_VARIABLES = {"workflow.status", "workflow.creationTimestamp.s", "workflow.duration"}
+
+
+@pytest.mark.parametrize(("status", "emitted"), [("Succeeded", {"sentimentops_training_last_success_timestamp"}),
+                                                  ("Failed", {"sentimentops_training_failures"}),
+                                                  ("Error", {"sentimentops_training_failures"})])
+def test_workflow_metrics_record_the_last_success_and_count_failures(doc, status, emitted):
+    import re
+
+    metrics = {m["name"]: m for m in doc["spec"]["metrics"]["prometheus"]}
+    assert set(metrics) == {"sentimentops_training_last_success_timestamp", "sentimentops_training_failures"}
+    assert all(m["labels"] == [{"key": "template", "value": "sentiment-training"}] for m in metrics.values())
+    assert all(set(re.findall(r"\{\{([^}]+)\}\}", str(m))) <= METRIC_VARIABLES for m in metrics.values())
+    assert metrics["sentimentops_training_last_success_timestamp"]["gauge"]["value"] == "{{workflow.creationTimestamp.s}}"
+    assert metrics["sentimentops_training_failures"]["counter"]["value"] == "1"
+    fired = {name for name, m in metrics.items() if evaluate_when(m["when"].replace("{{workflow.status}}", status))}
+    assert fired == emitted
 
 
 # The checker is generic: later manifests (InferenceService, PrometheusRule, EventSource, CronWorkflow) reuse it.
@@ -237,7 +319,7 @@ def test_checker_handles_other_kinds_with_the_readme_fixes():
     assert manifest_errors(source) == []
     cron = {"apiVersion": "argoproj.io/v1alpha1", "kind": "CronWorkflow", "metadata": {"name": "nightly"},
             "spec": {"schedules": ["0 3 * * *"], "concurrencyPolicy": "Forbid",
-                     "workflowSpec": {"workflowTemplateRef": {"name": "sentiment-training-v0-1-0"},
+                     "workflowSpec": {"workflowTemplateRef": {"name": "sentiment-training"},
                                       "arguments": {"parameters": [{"name": "reason", "value": "cron"}]}}}}
     assert manifest_errors(cron) == []
     cron["spec"]["schedule"] = "0 3 * * *"  # removed in Argo 4: `schedules` only

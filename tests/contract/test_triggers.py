@@ -48,7 +48,8 @@ def test_cron_schedule_timezone_and_forbid(rendered):
     assert spec["concurrencyPolicy"] == "Forbid"
     assert spec["schedules"] and all(len(s.split()) == 5 for s in spec["schedules"])
     zoneinfo.ZoneInfo(spec["timezone"])  # a real IANA zone
-    assert spec["workflowSpec"]["workflowTemplateRef"]["name"] == training.template_name()
+    assert spec["workflowSpec"]["workflowTemplateRef"]["name"] == training.TEMPLATE_NAME == "sentiment-training"
+    # only `reason`: everything else is the template's default, which the chart sets from its values
     assert spec["workflowSpec"]["arguments"]["parameters"] == [{"name": "reason", "value": "cron"}]
 
 
@@ -70,7 +71,11 @@ def test_sensor_submits_the_template_with_the_reason_from_the_event(rendered):
     assert argo["operation"] == "submit"
     workflow = argo["source"]["resource"]
     assert manifest_errors(workflow) == []  # the inline Workflow is itself a valid, strict Workflow
-    assert workflow["spec"]["workflowTemplateRef"]["name"] == training.template_name()
+    assert workflow["spec"]["workflowTemplateRef"]["name"] == training.TEMPLATE_NAME
+    template = yaml.safe_load((render.RENDERED_DIR / "sentiment-training.yaml").read_text())
+    declared = {p["name"] for p in template["spec"]["arguments"]["parameters"]}
+    assert [p["name"] for p in workflow["spec"]["arguments"]["parameters"]] == ["reason"]
+    assert {"reason"} <= declared
     (param,) = argo["parameters"]
     assert param["src"]["dependencyName"] == dependency["name"]
     assert ".Input.body.reason" in param["src"]["dataTemplate"] and ".annotations.summary" in param["src"]["dataTemplate"]
@@ -99,3 +104,97 @@ def test_local_webhook_mirrors_the_eventsource():
     add_arguments(parser)
     args = parser.parse_args(["--run-root", "x"])
     assert str(args.port) == triggers.WEBHOOK_PORT and args.path == triggers.WEBHOOK_PATH
+
+
+def _gjson(data: object, path: str) -> object:
+    """The two gjson path shapes the Sensor's filters use: `a.b` and `a.#(k.l=="v")#.c.d` (a query over an array,
+    then a field of each match). None: the path does not exist."""
+    import re as _re
+
+    m = _re.fullmatch(r'(?P<head>[\w.]+)\.#\((?P<key>[\w.]+)=="(?P<value>[^"]*)"\)#\.(?P<tail>[\w.]+)', path)
+    if m is None:
+        for key in path.split("."):
+            if not isinstance(data, dict) or key not in data:
+                return None
+            data = data[key]
+        return data
+    items = _gjson(data, m["head"])
+    if not isinstance(items, list):
+        return None
+    return [_gjson(i, m["tail"]) for i in items if _gjson(i, m["key"]) == m["value"]]
+
+
+def _passes(filters: dict, body: dict) -> bool:
+    """Argo Events' filterData with `or` (pkg/sensors/dependencies/filter.go): a string filter's values are regular
+    expressions searched in the value's text (a list's text is its JSON); a missing path does not pass."""
+    import json as _json
+    import re as _re
+
+    assert filters["dataLogicalOperator"] == "or"
+    event = {"header": {}, "body": body}
+    for f in filters["data"]:
+        value = _gjson(event, f["path"])
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else _json.dumps(value, separators=(",", ":"))
+        assert f["type"] == "string"
+        if any(_re.search(v, text) for v in f["value"]):
+            return True
+    return False
+
+
+def _alert(name: str, status: str) -> dict:
+    return {"status": status, "labels": {"alertname": name}, "annotations": {"summary": f"{name} {status}"}}
+
+
+@pytest.mark.parametrize(("body", "passes"), [
+    ({"status": "firing", "alerts": [_alert("DataDrift", "firing")]}, True),
+    ({"status": "firing", "alerts": [_alert("HighLatency", "firing"), _alert("DataDrift", "firing")]}, True),
+    ({"status": "resolved", "alerts": [_alert("DataDrift", "resolved")]}, False),  # the episode is over
+    ({"status": "firing", "alerts": [_alert("HighLatency", "firing")]}, False),
+    ({"status": "firing", "alerts": [_alert("DataDriftWarning", "firing")]}, False),  # the exact name only
+    ({"reason": "manual: new labelled data"}, True),
+    ({"reason": "   "}, False),
+    ({"reason": ""}, False),
+    ({}, False),
+])
+def test_sensor_admits_a_firing_drift_alert_or_a_reason(rendered, body, passes):
+    (dependency,) = rendered["sensor"]["spec"]["dependencies"]
+    assert _passes(dependency["filters"], body) is passes
+
+
+def test_the_drift_alert_the_sensor_waits_for_exists():
+    rules = yaml.safe_load((REPO / "charts/sentimentops/files/monitoring/rules/sentiment-alerts.yaml").read_text())
+    alerts = {r.get("alert") for g in rules["groups"] for r in g["rules"]}
+    assert triggers.DRIFT_ALERT in alerts
+
+
+def test_sensor_rate_limits_submissions(rendered):
+    (trigger,) = rendered["sensor"]["spec"]["triggers"]
+    assert trigger["rateLimit"] == {"unit": "Hour", "requestsPerUnit": 1}
+    broken = copy.deepcopy(rendered["sensor"])
+    broken["spec"]["triggers"][0]["rateLimit"]["requestsPerUnit"] = "1"  # int32 in the CRD
+    assert any("rateLimit" in e for e in manifest_errors(broken))
+    broken["spec"]["triggers"][0]["rateLimit"] = {"unit": "Hour", "requestPerUnit": 1}
+    assert any("requestPerUnit" in e for e in manifest_errors(broken))
+
+
+def test_the_cross_file_check_follows_the_workflow_template_refs(rendered, tmp_path, capsys):
+    from sentimentops.workflows import cli
+
+    sensor = copy.deepcopy(rendered["sensor"])
+    workflow = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]["source"]["resource"]
+    workflow["spec"]["arguments"]["parameters"].append({"name": "epoch", "value": "3"})
+    cron = copy.deepcopy(rendered["cron"])
+    cron["spec"]["workflowSpec"]["workflowTemplateRef"]["name"] = "sentiment-training-v0-1-0"
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    (folder / "sentiment-training.yaml").write_text((render.RENDERED_DIR / "sentiment-training.yaml").read_text())
+    (folder / "sentiment-rollout.yaml").write_text((render.RENDERED_DIR / "sentiment-rollout.yaml").read_text())
+    (folder / "sensor.yaml").write_text(yaml.safe_dump(sensor))
+    (folder / "cron.yaml").write_text(yaml.safe_dump(cron))
+    assert cli.main(["check", *map(str, sorted(folder.glob("*.yaml")))]) == 1
+    out = capsys.readouterr().out
+    assert "arguments.parameters.epoch: not a parameter of WorkflowTemplate 'sentiment-training'" in out
+    assert "workflowTemplateRef: no WorkflowTemplate 'sentiment-training-v0-1-0'" in out
+    assert cli.main(["check", *map(str, sorted(render.RENDERED_DIR.glob("*.yaml")))]) == 0

@@ -279,7 +279,9 @@ def test_invalid_requests_fail_before_anything_runs(tmp_path):
 def test_bad_when_fails_the_task_with_a_clear_error(tmp_path):
     tasks = [mark("odd", when="{{workflow.parameters.word}} + 1 == 2")]
     result = go(tmp_path, make_spec(tasks))
-    assert result.phase == "Failed" and "unsupported syntax" in result.tasks["odd"].message
+    # Argo marks a node it cannot evaluate Error (not Failed: nothing ran); the run fails with that status.
+    assert result.phase == "Error" and result.exit_code == 1 and result.failed_task == "odd"
+    assert result.tasks["odd"].phase == "Error" and "unsupported syntax" in result.tasks["odd"].message
 
 
 def test_cli_run_passes_parameters_and_returns_the_exit_code(tmp_path, caplog):

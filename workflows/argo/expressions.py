@@ -1,17 +1,24 @@
-"""The govaluate subset Argo uses for `when`, plus DAG `depends` expressions built on the same parser.
+"""The govaluate subset Argo uses for `when`, DAG `depends` expressions, and the expr-lang subset of
+`retryStrategy.expression`, all on one parser.
 
-Argo substitutes `{{...}}` first, then hands the text to govaluate (workflow/controller/operator.go,
+`when`: Argo substitutes `{{...}}` first, then hands the text to govaluate (workflow/controller/operator.go,
 `shouldExecute`), after turning every bare identifier into a string literal: that is why
 `{{tasks.flip.outputs.result}} == heads` works without quotes. Supported here: `==` `!=` `<` `>` `<=` `>=`
 `=~` `!~` `&&` `||` `!` unary `-`, parentheses, quoted strings, numbers, `true`/`false`. Anything else
 (arithmetic, `in`, ternaries, `{{=expr}}`) raises ExpressionError with the offending position, instead of
 guessing what Argo would do.
+
+`retryStrategy.expression` is expr-lang (github.com/expr-lang/expr), evaluated with the variables
+`lastRetry.exitCode`, `lastRetry.status`, `lastRetry.duration` and `lastRetry.message`, all strings
+(docs/variables.md, "RetryStrategy"), plus Argo's functions `asInt`, `asFloat` and `string`. `evaluate_expr`
+covers the subset the templates use: the operators above, `contains`, `and`/`or`/`not`, and those three
+functions; identifiers are variables (a missing one is an error, as in expr), not strings.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 Value = bool | float | str
@@ -60,10 +67,19 @@ class Binary:
     right: Node
 
 
-Node = Literal | Name | Unary | Binary
+@dataclass(frozen=True)
+class Call:
+    function: str
+    args: tuple[Node, ...]
 
 
-def tokenize(text: str, identifier: str = WHEN_IDENTIFIER) -> list[Token]:
+Node = Literal | Name | Unary | Binary | Call
+
+# expr-lang's word operators, as the symbol this parser uses.
+_WORD_OPERATORS = {"and": "&&", "or": "||", "not": "!", "contains": "contains"}
+
+
+def tokenize(text: str, identifier: str = WHEN_IDENTIFIER, expr: bool = False) -> list[Token]:
     ident = re.compile(identifier)
     tokens: list[Token] = []
     pos = 0
@@ -82,10 +98,12 @@ def tokenize(text: str, identifier: str = WHEN_IDENTIFIER) -> list[Token]:
             word = m.group()
             if word in ("true", "false"):
                 tokens.append(Token("bool", word == "true", pos))
+            elif expr and word in _WORD_OPERATORS:
+                tokens.append(Token("op", _WORD_OPERATORS[word], pos))
             else:
                 tokens.append(Token("ident", word, pos))
         else:
-            op = next((o for o in _OPERATORS if text.startswith(o, pos)), None)
+            op = next((o for o in (*_OPERATORS, *((",",) if expr else ())) if text.startswith(o, pos)), None)
             if op is None:
                 raise ExpressionError(f"unsupported syntax {text[pos:pos + 10]!r} at {pos} in {text!r}")
             tokens.append(Token("op", op, pos))
@@ -99,11 +117,12 @@ def tokenize(text: str, identifier: str = WHEN_IDENTIFIER) -> list[Token]:
 class _Parser:
     """Recursive descent, govaluate precedence: `||` < `&&` < comparison < unary < primary."""
 
-    _COMPARISONS = ("==", "!=", "<", ">", "<=", ">=", "=~", "!~")
+    _COMPARISONS = ("==", "!=", "<", ">", "<=", ">=", "=~", "!~", "contains")
 
-    def __init__(self, text: str, identifier: str) -> None:
+    def __init__(self, text: str, identifier: str, expr: bool = False) -> None:
         self.text = text
-        self.tokens = tokenize(text, identifier)
+        self.expr = expr
+        self.tokens = tokenize(text, identifier, expr)
         self.i = 0
 
     def peek(self) -> Token:
@@ -164,6 +183,8 @@ class _Parser:
         if tok.kind in ("num", "str", "bool"):
             return Literal(tok.value)
         if tok.kind == "ident":
+            if self.expr and self.at("("):
+                return self.call(str(tok.value))
             return Name(str(tok.value))
         if tok.kind == "op" and tok.value == "(":
             node = self.or_()
@@ -173,11 +194,23 @@ class _Parser:
             return node
         raise self.fail(tok, "a value, '(' or '!'")
 
+    def call(self, function: str) -> Node:
+        self.take()  # (
+        args: list[Node] = []
+        while not self.at(")"):
+            if args:
+                if not self.at(","):
+                    raise self.fail(self.peek(), "',' or ')'")
+                self.take()
+            args.append(self.or_())
+        self.take()
+        return Call(function, tuple(args))
 
-def parse(text: str, identifier: str = WHEN_IDENTIFIER) -> Node:
+
+def parse(text: str, identifier: str = WHEN_IDENTIFIER, expr: bool = False) -> Node:
     if not text.strip():
         raise ExpressionError("empty expression")
-    return _Parser(text, identifier).parse()
+    return _Parser(text, identifier, expr).parse()
 
 
 def names(node: Node) -> list[str]:
@@ -188,6 +221,8 @@ def names(node: Node) -> list[str]:
         return names(node.operand)
     if isinstance(node, Binary):
         return names(node.left) + names(node.right)
+    if isinstance(node, Call):
+        return [n for arg in node.args for n in names(arg)]
     return []
 
 
@@ -195,11 +230,42 @@ def _type(value: Value) -> str:
     return "boolean" if isinstance(value, bool) else "number" if isinstance(value, float) else "string"
 
 
+def _as_number(value: Value, function: str) -> float:
+    """Argo's asInt/asFloat (util/expr/env): a number, or a string that parses as one; anything else fails."""
+    if isinstance(value, float):
+        return float(int(value)) if function == "asInt" else value
+    if isinstance(value, str):
+        try:
+            return float(int(value.strip())) if function == "asInt" else float(value.strip())
+        except ValueError:
+            pass
+    raise ExpressionError(f"{function}({value!r}): not a number")
+
+
+def _string(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return value
+
+
+_FUNCTIONS: dict[str, Callable[[Value], Value]] = {
+    "asInt": lambda v: _as_number(v, "asInt"), "asFloat": lambda v: _as_number(v, "asFloat"), "string": _string,
+}
+
+
 def evaluate_node(node: Node, resolve: Callable[[str], Value]) -> Value:
     if isinstance(node, Literal):
         return node.value
     if isinstance(node, Name):
         return resolve(node.name)
+    if isinstance(node, Call):
+        function = _FUNCTIONS.get(node.function)
+        if function is None or len(node.args) != 1:
+            raise ExpressionError(f"unsupported call {node.function}() with {len(node.args)} argument(s); "
+                                  f"known: {', '.join(f'{f}(x)' for f in _FUNCTIONS)}")
+        return function(evaluate_node(node.args[0], resolve))
     if isinstance(node, Unary):
         value = evaluate_node(node.operand, resolve)
         if node.op == "!" and isinstance(value, bool):
@@ -222,6 +288,10 @@ def evaluate_node(node: Node, resolve: Callable[[str], Value]) -> Value:
         # govaluate compares with reflect.DeepEqual: "1" (string) != 1 (number), true != "true".
         equal = _type(left) == _type(right) and left == right
         return equal if node.op == "==" else not equal
+    if node.op == "contains":
+        if not (isinstance(left, str) and isinstance(right, str)):
+            raise ExpressionError(f"operator 'contains' needs strings, got {left!r} and {right!r}")
+        return right in left
     if node.op in ("=~", "!~"):
         if not (isinstance(left, str) and isinstance(right, str)):
             raise ExpressionError(f"operator {node.op!r} needs strings, got {left!r} and {right!r}")
@@ -238,3 +308,14 @@ def evaluate_when(text: str) -> bool:
     if not isinstance(result, bool):
         raise ExpressionError(f"`when` must evaluate to a boolean, got {_type(result)} {result!r} from {text!r}")
     return result
+
+
+def evaluate_expr(text: str, variables: Mapping[str, str]) -> Value:
+    """Evaluate an expr-lang expression (the subset above) with these variables, all strings as Argo binds them."""
+
+    def resolve(name: str) -> Value:
+        if name not in variables:
+            raise ExpressionError(f"unknown variable {name!r} in {text!r} (known: {', '.join(sorted(variables))})")
+        return variables[name]
+
+    return evaluate_node(parse(text, expr=True), resolve)

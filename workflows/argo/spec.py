@@ -1,14 +1,21 @@
 """Typed view of a rendered Argo Workflow/WorkflowTemplate, as much of it as the local runner executes.
 
 The runner reads the committed YAML, never the Hera objects, so what runs locally is what Argo would run.
-Fields that change control flow but are not implemented here (loops, continueOn, templateRef, hooks, ...)
-raise SpecError naming the task, instead of being silently ignored.
+Supported: container and DAG templates, `templateRef` to a WorkflowTemplate rendered in the same folder (resolved
+by metadata.name, the way Argo resolves it in the namespace; the referenced template's own templates are its
+scope), nested DAGs, `when`, `depends`/`dependencies`, `onExit` (a container template).
+Fields that change control flow but are not implemented here (loops, continueOn, hooks, ...) raise SpecError
+naming the task, instead of being silently ignored.
+
+Longer than 350 lines: the typed model, its parser (templateRef scopes included) and the DAG semantics (`depends`,
+order) are one vocabulary the runner and the checks share; apart, the parser and the ordering would import each
+other.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +24,9 @@ import yaml
 from sentimentops.workflows.argo.expressions import DEPENDS_IDENTIFIER, evaluate_node, parse
 
 _VARIABLE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-_UNSUPPORTED_TASK_FIELDS = ("withItems", "withParam", "withSequence", "continueOn", "templateRef", "hooks",
-                            "onExit", "inline")
+_UNSUPPORTED_TASK_FIELDS = ("withItems", "withParam", "withSequence", "continueOn", "hooks", "onExit", "inline")
+_WORKFLOW_KINDS = ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate")
+MAX_NESTING = 8  # DAGs calling DAGs: deeper than this is a templateRef cycle, not a design
 
 
 class SpecError(ValueError):
@@ -38,13 +46,39 @@ class ContainerTemplate:
 
 
 @dataclass(frozen=True)
+class TemplateRef:
+    name: str  # a WorkflowTemplate's metadata.name
+    template: str  # a template inside it
+
+
+@dataclass(frozen=True)
 class DagTask:
     name: str
-    template: str
+    template: str | None  # a template of the same document, or None with template_ref
     depends: str  # normalised: a `dependencies` list becomes "a && b"; "" = no dependency
     when: str | None
     parameters: Mapping[str, str]  # argument name -> value (may hold {{...}})
     artifacts: Mapping[str, str]  # argument name -> `from` reference
+    template_ref: TemplateRef | None = None
+
+
+@dataclass(frozen=True)
+class DagTemplate:
+    name: str
+    tasks: tuple[DagTask, ...]  # declaration order
+    input_parameters: Mapping[str, str | None]  # name -> default (None: must be supplied)
+    fail_fast: bool = True
+
+
+Template = ContainerTemplate | DagTemplate
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One WorkflowTemplate's templates: where a task's `template` is looked up (Argo's template scope)."""
+
+    name: str
+    templates: Mapping[str, Template]
 
 
 @dataclass(frozen=True)
@@ -52,10 +86,55 @@ class WorkflowSpec:
     name: str
     parameters: Mapping[str, str]  # workflow parameter -> default value
     enums: Mapping[str, tuple[str, ...]]
-    tasks: tuple[DagTask, ...]  # declaration order
-    templates: Mapping[str, ContainerTemplate]
-    fail_fast: bool = True
+    entrypoint: DagTemplate
+    scope: Scope  # this document's templates (reachable ones parsed)
+    library: Mapping[str, Scope]  # WorkflowTemplates a templateRef may name, by metadata.name
+    on_exit: ContainerTemplate | None = None
     source: Path | None = field(default=None, compare=False)
+
+    @property
+    def tasks(self) -> tuple[DagTask, ...]:
+        return self.entrypoint.tasks
+
+    @property
+    def templates(self) -> Mapping[str, Template]:
+        return self.scope.templates
+
+    @property
+    def fail_fast(self) -> bool:
+        return self.entrypoint.fail_fast
+
+    def resolve(self, task: DagTask, scope: Scope) -> tuple[Template, Scope]:
+        """The template a task runs and the scope its own tasks resolve in (a templateRef moves into the
+        referenced WorkflowTemplate, as in Argo)."""
+        if task.template_ref is not None:
+            ref = task.template_ref
+            target = self.library.get(ref.name)
+            if target is None:
+                raise SpecError(f"task {task.name}: templateRef {ref.name!r} is not a WorkflowTemplate beside the "
+                                f"spec (known: {', '.join(sorted(self.library)) or 'none'})")
+            scope = target
+            name = ref.template
+        else:
+            name = task.template or ""
+        template = scope.templates.get(name)
+        if template is None:
+            raise SpecError(f"task {task.name}: template {name!r} does not exist in {scope.name}")
+        return template, scope
+
+    def task_paths(self) -> list[str]:
+        """Every task the run may execute, nested ones as `parent/child` (what --stop-after accepts)."""
+        paths: list[str] = []
+
+        def walk(dag: DagTemplate, scope: Scope, prefix: str) -> None:
+            for task in dag.tasks:
+                paths.append(prefix + task.name)
+                template, inner = self.resolve(task, scope)
+                if isinstance(template, DagTemplate):
+                    walk(template, inner, f"{prefix}{task.name}/")
+
+        walk(self.entrypoint, self.scope, "")
+        return paths
 
 
 def substitute(text: str, values: Mapping[str, str], where: str) -> str:
@@ -73,6 +152,17 @@ def substitute(text: str, values: Mapping[str, str], where: str) -> str:
     return _VARIABLE.sub(repl, text)
 
 
+def _env_value(t: dict, e: dict) -> str | None:
+    if "value" in e or "valueFrom" not in e:
+        return str(e.get("value", ""))
+    ref = e["valueFrom"].get("secretKeyRef") or {}
+    if ref.get("optional"):
+        # An optional Secret key the cluster provides (a Slack webhook): locally the variable is not set by the
+        # template, so a value from the runner's own environment or --env reaches the step as usual.
+        return None
+    raise SpecError(f"template {t['name']}: env {e['name']} comes from {e['valueFrom']}, which only the cluster has")
+
+
 def _container(t: dict) -> ContainerTemplate:
     c = t["container"]
     if not c.get("command"):
@@ -82,8 +172,8 @@ def _container(t: dict) -> ContainerTemplate:
         name=t["name"],
         command=tuple(c["command"]),
         args=tuple(c.get("args") or ()),
-        env=tuple((e["name"], e.get("value", "")) for e in c.get("env") or ()),
-        input_parameters={p["name"]: p.get("value", p.get("default")) for p in inputs.get("parameters") or ()},
+        env=tuple((e["name"], value) for e in c.get("env") or () if (value := _env_value(t, e)) is not None),
+        input_parameters=_input_parameters(inputs),
         input_artifacts={a["name"]: a["path"] for a in inputs.get("artifacts") or ()},
         output_artifacts={a["name"]: a["path"] for a in outputs.get("artifacts") or ()},
         output_parameters={
@@ -93,12 +183,21 @@ def _container(t: dict) -> ContainerTemplate:
     )
 
 
+def _input_parameters(inputs: dict) -> dict[str, str | None]:
+    return {p["name"]: p.get("value", p.get("default")) for p in inputs.get("parameters") or ()}
+
+
 def _task(t: dict) -> DagTask:
     bad = [f for f in _UNSUPPORTED_TASK_FIELDS if f in t]
     if bad:
         raise SpecError(f"task {t['name']}: {', '.join(bad)} not supported by the local runner")
     if "depends" in t and "dependencies" in t:
         raise SpecError(f"task {t['name']}: set either depends or dependencies, not both (Argo rejects it too)")
+    if ("template" in t) == ("templateRef" in t):
+        raise SpecError(f"task {t['name']}: set exactly one of template and templateRef")
+    ref = t.get("templateRef")
+    if ref is not None and (ref.get("clusterScope") or not ref.get("name") or not ref.get("template")):
+        raise SpecError(f"task {t['name']}: templateRef needs name and template (clusterScope is not supported)")
     args = t.get("arguments") or {}
     artifacts = {}
     for a in args.get("artifacts") or ():
@@ -107,41 +206,108 @@ def _task(t: dict) -> DagTask:
         artifacts[a["name"]] = a["from"]
     return DagTask(
         name=t["name"],
-        template=t["template"],
+        template=t.get("template"),
         depends=t.get("depends") or " && ".join(t.get("dependencies") or ()),
         when=t.get("when"),
         parameters={p["name"]: str(p.get("value", "")) for p in args.get("parameters") or ()},
         artifacts=artifacts,
+        template_ref=TemplateRef(ref["name"], ref["template"]) if ref is not None else None,
     )
 
 
-def parse_spec(doc: dict, source: Path | None = None) -> WorkflowSpec:
+def _template(t: dict) -> Template:
+    if "container" in t:
+        return _container(t)
+    if "dag" in t:
+        if (t.get("outputs") or {}).get("parameters") or (t.get("outputs") or {}).get("artifacts"):
+            raise SpecError(f"template {t['name']}: DAG outputs are not supported by the local runner")
+        return DagTemplate(name=t["name"], tasks=tuple(_task(x) for x in t["dag"].get("tasks") or ()),
+                           input_parameters=_input_parameters(t.get("inputs") or {}),
+                           fail_fast=t["dag"].get("failFast", True))
+    kind = next((k for k in t if k not in ("name", "inputs", "outputs", "metadata")), "?")
+    raise SpecError(f"template {t['name']}: a {kind} template cannot run locally (container and dag only)")
+
+
+class _Scopes:
+    """Parses each document's templates on first use: only what the run can reach must be executable."""
+
+    def __init__(self, docs: Mapping[str, dict]) -> None:
+        self.raw = {name: {t["name"]: t for t in (doc.get("spec") or {}).get("templates") or ()}
+                    for name, doc in docs.items()}
+        self.parsed: dict[str, dict[str, Template]] = {name: {} for name in docs}
+
+    def get(self, scope: str, template: str, where: str) -> Template:
+        if scope not in self.raw:
+            raise SpecError(f"{where}: templateRef {scope!r} is not a WorkflowTemplate beside the spec "
+                            f"(known: {', '.join(sorted(self.raw)) or 'none'})")
+        if template not in self.parsed[scope]:
+            raw = self.raw[scope].get(template)
+            if raw is None:
+                raise SpecError(f"{where}: template {template!r} does not exist in {scope}")
+            self.parsed[scope][template] = _template(raw)
+        return self.parsed[scope][template]
+
+    def walk(self, dag: DagTemplate, scope: str, depth: int = 0) -> None:
+        if depth > MAX_NESTING:
+            raise SpecError(f"template {dag.name}: DAGs nested deeper than {MAX_NESTING} (a templateRef cycle?)")
+        for task in dag.tasks:
+            target = task.template_ref.name if task.template_ref else scope
+            name = task.template_ref.template if task.template_ref else task.template or ""
+            template = self.get(target, name, f"task {task.name}")
+            if isinstance(template, DagTemplate):
+                self.walk(template, target, depth + 1)
+
+    def scopes(self) -> dict[str, Scope]:
+        return {name: Scope(name, dict(templates)) for name, templates in self.parsed.items()}
+
+
+def sibling_templates(source: Path | None) -> dict[str, dict]:
+    """The WorkflowTemplates rendered beside `source` (the chart's files/workflows), by metadata.name."""
+    if source is None:
+        return {}
+    docs: dict[str, dict] = {}
+    for path in sorted(Path(source).resolve().parent.glob("*.y*ml")):
+        try:
+            with open(path) as fh:
+                loaded = list(yaml.safe_load_all(fh))
+        except (OSError, yaml.YAMLError):
+            continue  # not ours to judge: only a templateRef to it would fail, with a clear message
+        for doc in loaded:
+            if isinstance(doc, dict) and doc.get("kind") == "WorkflowTemplate":
+                docs.setdefault((doc.get("metadata") or {}).get("name", ""), doc)
+    return docs
+
+
+def parse_spec(doc: dict, source: Path | None = None, library: Mapping[str, dict] | None = None) -> WorkflowSpec:
+    """`library`: WorkflowTemplates a templateRef may name (default: those rendered beside `source`)."""
     kind = doc.get("kind")
-    if kind not in ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate"):
+    if kind not in _WORKFLOW_KINDS:
         raise SpecError(f"expected a Workflow or WorkflowTemplate, got kind {kind!r}")
     spec = doc["spec"]
-    by_name = {t["name"]: t for t in spec.get("templates") or ()}
-    entry = by_name.get(spec.get("entrypoint", ""))
-    if entry is None or "dag" not in entry:
-        raise SpecError(f"entrypoint {spec.get('entrypoint')!r} must name a DAG template")
-    tasks = tuple(_task(t) for t in entry["dag"]["tasks"])
-    templates: dict[str, ContainerTemplate] = {}
-    for task in tasks:
-        t = by_name.get(task.template)
-        if t is None:
-            raise SpecError(f"task {task.name}: template {task.template!r} does not exist")
-        if "container" not in t:
-            raise SpecError(f"task {task.name}: template {task.template} is not a container template")
-        templates[task.template] = _container(t)
-    params = (spec.get("arguments") or {}).get("parameters") or ()
     meta = doc.get("metadata") or {}
+    own = meta.get("name") or "(this workflow)"
+    docs = dict(sibling_templates(source) if library is None else library)
+    docs[own] = doc  # the document itself wins over a stale copy of the same name
+    scopes = _Scopes(docs)
+    entry = scopes.get(own, spec.get("entrypoint", ""), "entrypoint")
+    if not isinstance(entry, DagTemplate):
+        raise SpecError(f"entrypoint {spec.get('entrypoint')!r} must name a DAG template")
+    scopes.walk(entry, own)
+    on_exit = None
+    if spec.get("onExit"):
+        on_exit = scopes.get(own, spec["onExit"], "onExit")
+        if not isinstance(on_exit, ContainerTemplate):
+            raise SpecError(f"onExit {spec['onExit']!r}: only a container template can be an exit handler locally")
+    params = (spec.get("arguments") or {}).get("parameters") or ()
+    parsed = scopes.scopes()
     return WorkflowSpec(
         name=meta.get("name") or meta.get("generateName", "workflow").rstrip("-"),
         parameters={p["name"]: str(p.get("value", p.get("default", ""))) for p in params},
         enums={p["name"]: tuple(p["enum"]) for p in params if p.get("enum")},
-        tasks=tasks,
-        templates=templates,
-        fail_fast=entry["dag"].get("failFast", True),
+        entrypoint=entry,
+        scope=parsed[own],
+        library=parsed,
+        on_exit=on_exit,
         source=source,
     )
 
@@ -174,13 +340,14 @@ def _split_result(name: str) -> tuple[str, str | None]:
 
 
 def depends_satisfied(task: DagTask, phases: Mapping[str, str]) -> bool:
-    """Argo semantics: a bare `a` means a.Succeeded || a.Skipped || a.Daemoned; `Reused` counts as Succeeded."""
+    """Argo semantics: a bare `a` means a.Succeeded || a.Skipped || a.Daemoned; `Reused` counts as Succeeded, and
+    the node phase Error is the result `Errored`."""
     if not task.depends:
         return True
 
     def resolve(name: str) -> bool:
         dep, result = _split_result(name)
-        phase = "Succeeded" if phases[dep] == "Reused" else phases[dep]
+        phase = {"Reused": "Succeeded", "Error": "Errored"}.get(phases[dep], phases[dep])
         if result is None:
             return phase in ("Succeeded", "Skipped", "Daemoned")
         if result == "AnySucceeded":
@@ -192,16 +359,17 @@ def depends_satisfied(task: DagTask, phases: Mapping[str, str]) -> bool:
     return bool(evaluate_node(parse(task.depends, DEPENDS_IDENTIFIER), resolve))
 
 
-def topological_order(spec: WorkflowSpec) -> list[DagTask]:
-    """Kahn's algorithm, ties broken by declaration order so a run is reproducible."""
-    known = {t.name for t in spec.tasks}
-    deps = {t.name: depends_on(t) for t in spec.tasks}
+def topological_order(dag: WorkflowSpec | DagTemplate | Sequence[DagTask]) -> list[DagTask]:
+    """Kahn's algorithm over one DAG's tasks, ties broken by declaration order so a run is reproducible."""
+    tasks = tuple(dag.tasks if isinstance(dag, WorkflowSpec | DagTemplate) else dag)
+    known = {t.name for t in tasks}
+    deps = {t.name: depends_on(t) for t in tasks}
     for name, ds in deps.items():
         missing = [d for d in ds if d not in known]
         if missing:
             raise SpecError(f"task {name}: depends on unknown task(s) {', '.join(missing)}")
     done: list[DagTask] = []
-    remaining = list(spec.tasks)
+    remaining = list(tasks)
     while remaining:
         ready = next((t for t in remaining if all(d in {x.name for x in done} for d in deps[t.name])), None)
         if ready is None:

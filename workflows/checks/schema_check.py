@@ -21,7 +21,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from sentimentops.workflows.checks.semantic_check import semantic_errors
+from sentimentops.workflows.argo.spec import sibling_templates
+from sentimentops.workflows.checks.semantic_check import reference_errors, semantic_errors
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 2-3 MB: the C loader is ~10x faster
 
@@ -98,7 +99,7 @@ SOURCES: dict[tuple[str, str], SchemaSource] = {
 } | {
     ("argoproj.io/v1alpha1", kind): SchemaSource(
         _EV, f"io.argoproj.events.v1alpha1.{kind}", (_fix_int_or_string, _fix_webhook_url))
-    for kind in ("Sensor", "EventSource")
+    for kind in ("Sensor", "EventSource", "EventBus")
 } | {
     ("serving.kserve.io/v1beta1", "InferenceService"): SchemaSource(
         "kserve/serving.kserve.io_inferenceservices.yaml", fixes=(_fix_canary_percent,)),
@@ -186,7 +187,14 @@ def check_documents(docs: Iterable[dict], where: str = "") -> list[str]:
     return problems
 
 
+def workflow_templates(docs: Iterable[dict]) -> dict[str, dict]:
+    return {(d.get("metadata") or {}).get("name", ""): d for d in docs if d and d.get("kind") == "WorkflowTemplate"}
+
+
 def check_file(path: Path) -> list[str]:
-    """Check every document of a (multi-document) YAML file."""
+    """Check every document of a (multi-document) YAML file; references to WorkflowTemplates resolve against the
+    file itself and the WorkflowTemplates beside it (the chart's files/workflows, all installed together)."""
     with open(path) as fh:
-        return check_documents(yaml.safe_load_all(fh), str(path))
+        docs = [d for d in yaml.safe_load_all(fh) if d]
+    library = sibling_templates(path) | workflow_templates(docs)
+    return check_documents(docs, str(path)) + [f"{path}: {e}" for e in reference_errors(docs, library)]

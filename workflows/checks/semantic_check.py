@@ -4,7 +4,9 @@ Each one is a mistake that passes the schema and only fails in the cluster, ofte
 a task naming a missing template, a `{{tasks.X.outputs...}}` reference to a task that is not an ancestor
 (Argo cannot resolve it) or to an output X does not declare, a cycle, an input parameter nobody supplies,
 a leaf template without an explicit retryStrategy, a submission parameter without a description (the Argo UI
-form would show a bare name), a `when` outside the govaluate subset.
+form would show a bare name), a `when` outside the govaluate subset; and across documents (`reference_errors`), a
+templateRef or workflowTemplateRef naming a WorkflowTemplate or template nobody renders, an input a templateRef
+call leaves out, a parameter a CronWorkflow or Sensor passes that the template does not declare.
 """
 
 from __future__ import annotations
@@ -199,3 +201,60 @@ def _check_arguments(task: dict, template: dict, where: str) -> list[str]:
             if n not in given and not has_default:
                 errors.append(f"{where}: input {kind}.{n} of template {template['name']!r} is not supplied")
     return errors
+
+
+# ---- references between documents (what a single document's check cannot see) ----------------------------------
+
+def _workflow_specs(doc: dict) -> Iterator[tuple[str, dict]]:
+    """Every workflow spec a document carries: its own, a CronWorkflow's, a Sensor trigger's inline Workflow."""
+    kind, spec = doc.get("kind"), doc.get("spec") or {}
+    if kind in ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate"):
+        yield "spec", spec
+    elif kind == "CronWorkflow":
+        yield "spec.workflowSpec", spec.get("workflowSpec") or {}
+    elif kind == "Sensor":
+        for i, trigger in enumerate(spec.get("triggers") or ()):
+            resource = (((trigger.get("template") or {}).get("argoWorkflow") or {}).get("source") or {}).get("resource")
+            if isinstance(resource, dict) and resource.get("kind") == "Workflow":
+                yield f"spec.triggers.{i}.template.argoWorkflow.source.resource.spec", resource.get("spec") or {}
+
+
+def reference_errors(docs: list[dict], library: dict[str, dict]) -> list[str]:
+    """A `templateRef` or `workflowTemplateRef` must name a WorkflowTemplate in `library` (by metadata.name: what
+    Argo looks up in the namespace), the referenced template must exist and get every input it needs, and a
+    submission may only pass parameters the template declares (Argo rejects an undeclared one only at submit)."""
+    errors: list[str] = []
+    for doc in docs:
+        name = (doc.get("metadata") or {}).get("name") or (doc.get("metadata") or {}).get("generateName", "?")
+        for where, spec in _workflow_specs(doc):
+            where = f"{doc.get('kind')}/{name} {where}"
+            ref = (spec.get("workflowTemplateRef") or {}).get("name")
+            if ref is not None:
+                target = library.get(ref)
+                if target is None:
+                    errors.append(f"{where}.workflowTemplateRef: no WorkflowTemplate {ref!r}")
+                else:
+                    declared = set(_names(((target.get("spec") or {}).get("arguments") or {}).get("parameters")))
+                    passed = _names((spec.get("arguments") or {}).get("parameters"))
+                    errors += [f"{where}.arguments.parameters.{p}: not a parameter of WorkflowTemplate {ref!r}"
+                               for p in passed if p not in declared]
+            for t in spec.get("templates") or ():
+                for task in (t.get("dag") or {}).get("tasks") or ():
+                    if "templateRef" in task:
+                        errors += _check_template_ref(task, library, f"{where}.templates.{t.get('name')}.dag.tasks."
+                                                      f"{task.get('name')}")
+    return errors
+
+
+def _check_template_ref(task: dict, library: dict[str, dict], where: str) -> list[str]:
+    ref = task["templateRef"]
+    if ref.get("clusterScope"):
+        return [f"{where}.templateRef: clusterScope templates are not part of this project"]
+    target = library.get(ref.get("name"))
+    if target is None:
+        return [f"{where}.templateRef: no WorkflowTemplate {ref.get('name')!r}"]
+    templates = {t.get("name"): t for t in (target.get("spec") or {}).get("templates") or ()}
+    template = templates.get(ref.get("template"))
+    if template is None:
+        return [f"{where}.templateRef: WorkflowTemplate {ref.get('name')!r} has no template {ref.get('template')!r}"]
+    return _check_arguments(task, template, where)

@@ -1,17 +1,27 @@
 """The canary rollout, defined in Hera: deploy-canary -> analyse -> promote | rollback.
 
-One set of task builders serves two DAGs:
-- the `sentiment-rollout-v<version>` WorkflowTemplate (a rollout on its own: a manual re-roll, a rollback drill);
-- the training DAG (workflows/training.py), after `register`, when the promotion policy passed
-  (`promoted == true`) and the `rollout` parameter is `canary`.
+One WorkflowTemplate, `sentiment-rollout`, whose entrypoint DAG template `rollout` serves two callers:
+- a rollout on its own (`argo submit --from workflowtemplate/sentiment-rollout`: a manual re-roll, a rollback
+  drill): Argo passes the workflow's arguments to the entrypoint's inputs of the same names;
+- the training DAG (workflows/definitions/training.py), after `register`, when the promotion policy passed
+  (`promoted == true`) and the `rollout` parameter is `canary`, through
+  `templateRef: {name: sentiment-rollout, template: rollout}` (Argo resolves the referenced template, its
+  `synchronization` included, from the WorkflowTemplate in the namespace).
+So the `rollout` template takes every value it needs as `inputs.parameters` and its steps read only their own
+inputs: under a templateRef, `{{workflow.parameters.*}}` would name the *caller's* parameters. It holds the
+`sentiment-rollout` mutex at template level, so every caller holds it: two rollouts never patch the
+InferenceService at once, whichever workflow started them.
+
 The steps are `sentimentops rollout <command>` (steps/rollout, docs/rollout.md); this file knows them only by their
 CLI. `analyse` writes the decision (promote | rollback) to a file that becomes its output parameter; exactly one of
-promote and rollback runs, by `when`. They run as the `sentimentops-pipeline` ServiceAccount, which the chart's
-`sentimentops-rollout` Role lets get and patch the InferenceService and create events, in its namespace only.
+promote and rollback runs, by `when`. They run as the `sentimentops-pipeline` ServiceAccount (set on each container
+template, so it holds under a templateRef from the training workflow, whose own account is sentimentops-training),
+which the chart's `sentimentops-rollout` Role lets get and patch the InferenceService and create events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hera.workflows import (
@@ -24,131 +34,159 @@ from hera.workflows import (
     RetryStrategy,
     WorkflowTemplate,
 )
-from hera.workflows.models import (
-    Backoff,
-    ValueFrom,
-)
+from hera.workflows.models import Mutex, Synchronization, ValueFrom
 
 from sentimentops.workflows.definitions.common import (
+    ARGO_UI_URL,
+    INFERENCE_SERVICE,
+    MLFLOW_TRACKING_URI,
+    NOT_RETRIED,
+    NOTIFY_TEMPLATE,
     OUTPUT_ROOT,
     PROFILE_PARAM,
+    PROMETHEUS_URL,
+    REASON_PARAM,
     WorkflowParam,
-    dns_label,
     image_params,
+    notify_container,
     package_version,
+    retry,
+    stage_image,
     template_settings,
 )
 
-TEMPLATE_BASENAME = "sentiment-rollout"
+TEMPLATE_NAME = "sentiment-rollout"
+ENTRYPOINT = "rollout"  # the DAG template callers reference
 SERVICE_ACCOUNT = "sentimentops-pipeline"  # charts/sentimentops: bound to the sentimentops-rollout Role
-# One rollout at a time per InferenceService, from either template (both patch the same object).
+# One rollout at a time per InferenceService, from any caller (they all patch the same object).
 ROLLOUT_MUTEX = "sentiment-rollout"
-DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
+
+# The longest soak the analyse step is given time for. Its deadline below must outlive it: the analysis waits up to
+# `rollout.ready_timeout` (10m, steps/rollout/cli.py) for the canary, then soaks, then decides; a deadline shorter
+# than that would kill a healthy canary's analysis and roll it back. 2h + 10m readiness leaves 50 min for slow
+# Prometheus queries and the final verdict; a retried pod resumes the soak from the start recorded on the
+# InferenceService, so a retry does not need a longer deadline (tests/contract/test_rollout_workflow.py).
+MAX_SOAK = "2h"
+ANALYSE_DEADLINE_S = 3 * 3600
 
 
-def template_name(pkg_version: str | None = None) -> str:
-    return dns_label(f"{TEMPLATE_BASENAME}-v{pkg_version or package_version()}")
-
-
-def rollout_params() -> list[WorkflowParam]:
-    """The rollout's parameters; the training template carries them too (same names, same defaults)."""
+def behaviour_params() -> list[WorkflowParam]:
+    """How the canary behaves; the training template carries these as `rollout-<name>`."""
     return [
-        WorkflowParam("model", "challenger", "Candidate: an MLflow alias (challenger) or a registered version number"),
         WorkflowParam("canary-percent", "10", "Share of traffic for the canary while it soaks (0-100)"),
-        WorkflowParam("soak", "30m", "How long the canary must prove itself before promotion (e.g. 30m, 1h)"),
+        WorkflowParam("soak", "30m", f"How long the canary must prove itself before promotion (e.g. 30m, 1h; at "
+                      f"most {MAX_SOAK}: the analysis step's deadline)"),
         WorkflowParam("interval", "1m", "Analysis interval, also the PromQL window of each analysis"),
         WorkflowParam("target", "kserve", "Where to roll out: the KServe InferenceService, or local processes",
                       ("kserve", "local")),
-        WorkflowParam("inference-service", "sentiment", "Name of the InferenceService in this namespace"),
-        WorkflowParam("prometheus-url", DEFAULT_PROMETHEUS, "Prometheus HTTP API the analysis queries"),
-        WorkflowParam("artifacts-destination", "gs://sentimentops-mlflow/artifacts",
-                      "The MLflow server's --artifacts-destination: maps mlflow-artifacts:/ URIs to a storageUri"),
     ]
+
+
+MODEL_PARAM = WorkflowParam("model", "challenger",
+                            "Candidate: an MLflow alias (challenger) or a registered version number")
+# What the steps need besides the behaviour: run context and where the images come from. With the behaviour, the
+# model and the two deployment parameters, these are the `rollout` template's inputs (INPUTS).
+CONTEXT_PARAMS = ("profile", "reason", "mlflow-tracking-uri", "image-registry", "image-tag")
+
+
+def workflow_params(pkg_version: str) -> list[WorkflowParam]:
+    """The WorkflowTemplate's parameters (a standalone rollout's submission form)."""
+    return [MODEL_PARAM, *behaviour_params(), INFERENCE_SERVICE, PROMETHEUS_URL, PROFILE_PARAM, REASON_PARAM,
+            MLFLOW_TRACKING_URI, *image_params(pkg_version), ARGO_UI_URL]
+
+
+INPUTS: tuple[str, ...] = (MODEL_PARAM.name, *(p.name for p in behaviour_params()), INFERENCE_SERVICE.name,
+                           PROMETHEUS_URL.name, *CONTEXT_PARAMS)
 
 
 @dataclass(frozen=True)
 class RolloutStep:
-    task: str  # DAG task name (prefixed in the training DAG)
+    task: str  # DAG task (and template) name
     command: str  # sentimentops rollout <command>
     output: str  # output artifact folder
-    params: tuple[str, ...]
+    params: tuple[str, ...]  # the command's flags, each from the input of the same name
     retry_limit: int = 3
+    deadline_s: int | None = None
 
 
 STEPS = (
-    RolloutStep("deploy-canary", "deploy", "canary",
-                ("target", "model", "canary-percent", "inference-service", "artifacts-destination")),
+    RolloutStep("deploy-canary", "deploy", "canary", ("target", "model", "canary-percent", "inference-service")),
     # analyse resumes the soak from the start recorded on the InferenceService, so a retried pod does not restart it.
     RolloutStep("analyse", "analyse", "analysis", ("target", "soak", "interval", "inference-service",
-                                                   "prometheus-url"), retry_limit=2),
+                                                   "prometheus-url"), retry_limit=2, deadline_s=ANALYSE_DEADLINE_S),
     RolloutStep("promote", "promote", "promotion", ("target", "inference-service")),
     RolloutStep("rollback", "rollback", "rollback", ("target", "inference-service")),
 )
 
 
 def _retry(limit: int) -> RetryStrategy:
-    # Every command is idempotent (the state lives on the InferenceService), so any failure may retry.
-    return RetryStrategy(limit=str(limit), retry_policy="Always",
-                         backoff=Backoff(duration="30s", factor="2", cap="5m"))
+    # Every command is idempotent (the state lives on the InferenceService), so a pod error or an unexpected failure
+    # (3: the API server, MLflow or Prometheus unreachable) may retry; a data or usage error (an unknown model version,
+    # a bad flag) would fail the same way again, and an analysis its deadline killed must not restart (NOT_RETRIED).
+    return retry(limit, "Always", NOT_RETRIED)
 
 
-def step_container(step: RolloutStep, prefix: str = "", reason_env: bool = False) -> Container:
+def _input(name: str) -> str:
+    return f"{{{{inputs.parameters.{name}}}}}"
+
+
+def step_container(step: RolloutStep) -> Container:
     args = ["rollout", step.command]
     for param in step.params:
-        args += [f"--{param}", f"{{{{inputs.parameters.{param}}}}}"]
+        args += [f"--{param}", _input(param)]
     args += ["--out", f"{{{{outputs.artifacts.{step.output}.path}}}}"]
     out_path = f"{OUTPUT_ROOT}/{step.output}"
     outputs: list[Artifact | Parameter] = [Artifact(name=step.output, path=out_path)]
     if step.command == "analyse":
         outputs.append(Parameter(name="decision", value_from=ValueFrom(path=f"{out_path}/decision")))
-    env = [Env(name="SENTIMENTOPS_PROFILE", value="{{workflow.parameters.profile}}"),
-           Env(name="SENTIMENTOPS_WORKFLOW_NAME", value="{{workflow.name}}")]
-    if reason_env:
-        env.insert(1, Env(name="SENTIMENTOPS_RUN_REASON", value="{{workflow.parameters.reason}}"))
     return Container(
-        name=f"{prefix}{step.task}",
-        image="{{workflow.parameters.image-registry}}/sentimentops-rollout:{{workflow.parameters.image-tag}}",
+        name=step.task,
+        image=stage_image("rollout", scope="inputs.parameters"),
         command=["sentimentops"],
         args=args,
-        inputs=[Parameter(name=p) for p in step.params],
+        inputs=[Parameter(name=p) for p in (*step.params, *CONTEXT_PARAMS)],
         outputs=outputs,
-        env=env,
+        env=[Env(name="SENTIMENTOPS_PROFILE", value=_input("profile")),
+             Env(name="SENTIMENTOPS_RUN_REASON", value=_input("reason")),
+             Env(name="SENTIMENTOPS_MLFLOW_TRACKING_URI", value=_input("mlflow-tracking-uri")),
+             Env(name="SENTIMENTOPS_WORKFLOW_NAME", value="{{workflow.name}}")],
         resources=Resources(cpu_request="100m", memory_request="256Mi"),
         retry_strategy=_retry(step.retry_limit),
+        active_deadline_seconds=step.deadline_s,
         service_account_name=SERVICE_ACCOUNT,
     )
 
 
-def add_rollout_tasks(prefix: str = "", after=None, when: str | None = None, reason_env: bool = False,
-                      source=None) -> dict:
-    """Inside an open DAG context: the four tasks, wired; `after`/`when` gate the first one; `source(param)` gives
-    each argument's value (default: the workflow parameter of the same name)."""
-    source = source or (lambda p: f"{{{{workflow.parameters.{p}}}}}")
-    containers = {s.task: step_container(s, prefix, reason_env) for s in STEPS}
-    tasks = {}
-    for step in STEPS:
-        args = [Parameter(name=p, value=source(p)) for p in step.params]
-        tasks[step.task] = containers[step.task](name=f"{prefix}{step.task}", arguments=args)
-    deploy, analyse = tasks["deploy-canary"], tasks["analyse"]
-    if after is not None:
-        after >> deploy
-    if when:
-        deploy.when = when
-    # .Succeeded, not a bare dependency: a skipped deploy must skip the rest (Argo counts Skipped as satisfied).
-    analyse.depends = f"{deploy.name}.Succeeded"
-    decision = f"{{{{tasks.{analyse.name}.outputs.parameters.decision}}}}"
-    for action in ("promote", "rollback"):
-        tasks[action].depends = f"{analyse.name}.Succeeded"
-        tasks[action].when = f"{decision} == {action}"
-    return tasks
+def call_arguments(value: Callable[[str], str]) -> list[Parameter]:
+    """Arguments for a task calling the `rollout` template: one per input, `value(input name)` each."""
+    return [Parameter(name=name, value=value(name)) for name in INPUTS]
+
+
+def _add_rollout_dag() -> None:
+    """The `rollout` DAG template (inside an open WorkflowTemplate context)."""
+    containers = {s.task: step_container(s) for s in STEPS}
+    with DAG(name=ENTRYPOINT, inputs=[Parameter(name=name) for name in INPUTS],
+             synchronization=Synchronization(mutexes=[Mutex(name=ROLLOUT_MUTEX)])):
+        tasks = {}
+        for step in STEPS:
+            args = [Parameter(name=p, value=_input(p)) for p in (*step.params, *CONTEXT_PARAMS)]
+            tasks[step.task] = containers[step.task](name=step.task, arguments=args)
+        deploy, analyse = tasks["deploy-canary"], tasks["analyse"]
+        analyse.depends = f"{deploy.name}.Succeeded"
+        decision = f"{{{{tasks.{analyse.name}.outputs.parameters.decision}}}}"
+        for action in ("promote", "rollback"):
+            tasks[action].depends = f"{analyse.name}.Succeeded"
+            tasks[action].when = f"{decision} == {action}"
 
 
 def build(pkg_version: str | None = None) -> WorkflowTemplate:
-    """The `sentiment-rollout-v<version>` WorkflowTemplate."""
+    """The `sentiment-rollout` WorkflowTemplate (version: the app.kubernetes.io/version label)."""
     pkg_version = pkg_version or package_version()
-    params = [*rollout_params(), PROFILE_PARAM, *image_params(pkg_version)]
-    with WorkflowTemplate(name=template_name(pkg_version), entrypoint="rollout",
-                          **template_settings("rollout", pkg_version, params, SERVICE_ACCOUNT, ROLLOUT_MUTEX)) as wt, \
-            DAG(name="rollout"):
-        add_rollout_tasks()
+    # No workflow-level mutex: the `rollout` template holds it, and a workflow holding the same mutex at both
+    # levels would wait for itself.
+    with WorkflowTemplate(name=TEMPLATE_NAME, entrypoint=ENTRYPOINT, on_exit=NOTIFY_TEMPLATE,
+                          **template_settings("rollout", pkg_version, workflow_params(pkg_version), SERVICE_ACCOUNT,
+                                              mutex=None)) as wt:
+        _add_rollout_dag()
+        notify_container()
     return wt
