@@ -23,6 +23,7 @@ STAGES = {
     "quickstart": "sentimentops.steps.quickstart",
     "drift": "sentimentops.steps.drift.cli",
     "rollout": "sentimentops.steps.rollout.cli",
+    "notify": "sentimentops.steps.notify",
 }
 # Orchestration commands live in workflows/ (which knows the stages only through this CLI).
 WORKFLOW_COMMANDS = {"render", "pipeline", "check"}
@@ -32,6 +33,7 @@ USAGE = """usage: sentimentops <command> [flags]
 stages:     ingest validate version train evaluate register
 serving:    serve (the KServe predictor), predict (send reviews to a running server)
 demo:       quickstart (the main job: the whole DAG locally, then a served prediction)
+delivery:   rollout (the canary), drift (the monitor), notify (a workflow's outcome to Slack: the exit handler)
 workflows:  render [--check] (write the Argo YAML), pipeline run ... (run the rendered DAG locally),
             check FILE... (strict schema checks of manifests)
 Run `sentimentops <command> --help` for a command's flags."""

@@ -26,7 +26,8 @@ log = get_logger(__name__)
 
 class VersionSettings(CommonSettings):
     section: ClassVar[str] = "version"
-    remote: str = Field("{home}/dvc-remote", description="DVC remote: a local folder, or gs://bucket/path on GKE.")
+    remote: str = Field("{home}/dvc-remote", description="DVC remote: a local folder, or gs://bucket/path on GKE "
+                        "(the gke profile leaves it empty: the chart's dvc.remote value sets it).")
     workspace: Path = Field(Path("{home}/dvc-workspace"), description="The DVC project (no git) holding snapshots.")
 
 
@@ -70,6 +71,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(VersionSettings, argv, prog="sentimentops version", description=__doc__,
                                     add_arguments=_arguments)
+    settings.require("remote")  # the gke profile leaves it to SENTIMENTOPS_VERSION_REMOTE (the chart's dvc.remote)
     if not args.dataset.is_dir():
         raise DataError(f"dataset folder {args.dataset} does not exist")
     if not any(args.dataset.glob("*.parquet")):

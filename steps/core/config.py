@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -40,10 +41,11 @@ DEFAULT_PROFILE = "local"
 # The profile file's sections: `common` and one per step's settings class (`section`). A section not listed here is
 # a typo in a profile (tests/unit/test_config_manifest.py checks every settings class's section is listed).
 SECTIONS = ("common", "ingest", "validate", "version", "train", "evaluate", "register", "export", "serve",
-            "rollout", "drift")
+            "rollout", "drift", "notify")
 # The environment `load_settings` reads (None: os.environ); direct construction reads none.
 _LAYERED_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("_LAYERED_ENV", default=None)
 _LAYERED: ContextVar[bool] = ContextVar("_LAYERED", default=False)
+STORAGE_URI_TAG = "storage_uri"  # the model version's tag: where KServe reads the model (CommonSettings.storage_uri)
 
 
 class CommonSettings(BaseSettings):
@@ -56,6 +58,10 @@ class CommonSettings(BaseSettings):
     home: Path = Field(Path(".sentimentops"), description="Folder holding all local state (ignored by git).")
     mlflow_tracking_uri: str = Field("sqlite:///{home}/mlflow.db", description="MLflow tracking + registry URI.")
     mlflow_artifact_root: str = Field("{home}/mlartifacts", description="Artifact root for new experiments.")
+    mlflow_artifacts_destination: str = Field(
+        "", description="The MLflow server's --artifacts-destination (gs://bucket/artifacts): a proxied "
+        "mlflow-artifacts:/ download URI maps onto it, giving a storage URI KServe's storage initializer can read; "
+        "empty: the download URI as it is.")
     experiment: str = Field("sentiment-training", description="MLflow experiment name.")
     registered_model: str = Field("sentiment", description="MLflow registered model name.")
     allow_offline_fallback: bool = Field(
@@ -78,6 +84,26 @@ class CommonSettings(BaseSettings):
         init = getattr(init_settings, "init_kwargs", {}) or {}
         profile = init.get("profile") or env.get("SENTIMENTOPS_PROFILE") or DEFAULT_PROFILE
         return (init_settings, EnvSource(settings_cls, env), ProfileSource(settings_cls, str(profile)))
+
+    def storage_uri(self, download_uri: str) -> str:
+        """A model version's download URI as KServe's storage initializer can read it: a proxied
+        `mlflow-artifacts:/x` (the server runs with --artifacts-destination D) is D/x, e.g.
+        mlflow-artifacts:/1/models/m-x/artifacts -> gs://b/artifacts/1/models/m-x/artifacts. register records the
+        result as the version's STORAGE_URI_TAG; the rollout reads it (one mapping, here)."""
+        destination = self.mlflow_artifacts_destination
+        if download_uri.startswith("mlflow-artifacts:") and destination:
+            path = re.sub(r"^mlflow-artifacts:(//[^/]*)?/*", "", download_uri)
+            return f"{destination.rstrip('/')}/{path}"
+        return download_uri
+
+    def require(self, *names: str) -> None:
+        """A UsageError naming the environment variable of each named setting that is empty (the gke profile
+        leaves cluster locations to the environment the chart sets: a missing one fails here in one line)."""
+        empty = [n for n in names if not str(getattr(self, n) or "").strip()]
+        if empty:
+            variables = ", ".join(_env_name(type(self), n) for n in empty)
+            raise UsageError(f"profile {self.profile!r}: {', '.join(empty)} not set: set {variables} (in the "
+                             "cluster the chart passes it from its values to every WorkflowTemplate)")
 
     @model_validator(mode="after")
     def _expand_home(self):

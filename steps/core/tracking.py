@@ -22,7 +22,9 @@ RUN_ID_FILE = ".mlflow_run_id"  # lets a resumed step continue its own MLflow ru
 
 
 def configure(settings: CommonSettings):
-    """Points MLflow at the profile's tracking/registry URI; returns an MlflowClient."""
+    """Points MLflow at the profile's tracking/registry URI; returns an MlflowClient. An empty URI (the gke profile
+    leaves it to the environment the chart sets) stops here with the variable's name, not in MLflow's defaults."""
+    settings.require("mlflow_tracking_uri")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
     from mlflow import MlflowClient

@@ -2,17 +2,21 @@
 
   watch    tails the predictor's prediction records (JSON lines, no raw text; docs/metrics.md), cuts them into
            tumbling windows of `--window` records, computes the cheap online PSI per feature against the model's
-           reference (sentimentops.steps.core.psi) and exports it on its own /metrics as `sentiment_drift_psi{feature=...}`; when a
-           window drifts (PSI > threshold on any feature) for `--persist` windows in a row it POSTs the reason to
-           the retraining webhook (Argo Events in the cluster, `drift webhook` locally) once, and re-arms only
-           after a clean window.
+           reference (sentimentops.steps.core.psi) and exports it on its own /metrics as
+           `sentiment_drift_psi{feature=...}`. With `--webhook-url` (local use: `drift webhook`), when a window
+           drifts (PSI > threshold on any feature) for `--persist` windows in a row it POSTs the reason once, and
+           re-arms only after a clean window. In the cluster the predictor pods' sidecars export PSI only: the one
+           retrain caller there is Alertmanager's DataDrift route (a webhook per pod would queue one retrain per
+           replica for one drift episode).
   report   Evidently's PSI report of the recent records against the reference sample (HTML + JSON), logged to
            MLflow (sentimentops.steps.drift.report).
   webhook  a local stand-in for the Argo Events webhook: starts the local runner on the training template with
            `-p reason=...` (sentimentops.steps.drift.webhook).
 
-The reference comes with the model: `--reference FILE`, `--model-dir DIR` (a registered pyfunc folder, the cluster's
-/mnt/models: MLmodel names the `drift_reference` artifact) or `--model-uri models:/sentiment@champion`.
+The reference comes with the model: `--reference FILE` (in a predictor pod: `<dir>/drift_reference.json`, which the
+predictor started with `--prediction-log <dir>/records.jsonl` publishes when its model loads; `watch` waits for it,
+bounded by `--reference-wait`), `--model-dir DIR` (a registered pyfunc folder: MLmodel names the `drift_reference`
+artifact) or `--model-uri models:/sentiment@champion`.
 """
 from __future__ import annotations
 
@@ -49,6 +53,9 @@ class DriftSettings(CommonSettings):
     webhook_token_file: str = Field("", description="File with the webhook's bearer token (the EventSource's "
                                     "authSecret); empty: no Authorization header.")
     poll_seconds: float = Field(1.0, gt=0, description="How often the records file is read for new lines.")
+    reference_wait: float = Field(0.0, ge=0, description="Seconds `watch --reference FILE` waits for the file to "
+                                  "appear (the predictor publishes it next to its records when its model loads); "
+                                  "then exit 1. 0: no wait (a missing file is an error at once); gke profile: 900.")
 
 
 # ---- windows and the persistence rule -------------------------------------------------------------------------
@@ -136,6 +143,26 @@ def reference_from_pyfunc(folder: Path) -> Path:
     return found
 
 
+def wait_for_reference(path: Path, timeout_s: float, *, poll_s: float = 1.0, say_every_s: float = 30.0,
+                       sleep: Callable[[float], None] = time.sleep,
+                       clock: Callable[[], float] = time.monotonic) -> bool:
+    """Waits (bounded) for `path` to exist, logging while it waits; True once it does. In a predictor pod the
+    monitor starts with the predictor, before the model is loaded and the reference published: it waits for it
+    instead of exiting and being restarted in a loop."""
+    start = clock()
+    said = start
+    while not path.is_file():
+        now = clock()
+        if now - start >= timeout_s:
+            return False
+        if now == start or now - said >= say_every_s:
+            said = now
+            log.info("drift watch: waiting for the drift reference %s (the predictor writes it when its model "
+                     "has loaded; %.0f of %.0f s)", path, now - start, timeout_s)
+        sleep(min(poll_s, max(0.0, timeout_s - (now - start))) or poll_s)
+    return True
+
+
 def load_reference(args: argparse.Namespace, settings: CommonSettings) -> DriftReference:
     """The reference from --reference, --model-dir or --model-uri; an unreadable one is a DataError (exit 1)."""
     if args.reference or args.model_dir:
@@ -182,8 +209,19 @@ def iterate(tail: RecordTail, poll: float, stop: Callable[[], bool]) -> Iterator
 
 
 def watch(args: argparse.Namespace, settings: DriftSettings) -> int:
-    reference = load_reference(args, settings)
-    gauges, server, port = serve_metrics(settings)
+    gauges, server, port = serve_metrics(settings)  # up at once: the scrape target is there while it waits
+    try:
+        if args.reference and not wait_for_reference(args.reference, settings.reference_wait,
+                                                     poll_s=settings.poll_seconds):
+            waited = (f"did not appear within {settings.reference_wait:.0f} s" if settings.reference_wait
+                      else "does not exist (--reference-wait S waits for it)")
+            raise DataError(f"drift reference {args.reference} {waited}: is the predictor beside this monitor "
+                            "running with --prediction-log in the same folder, and does its model carry a "
+                            "drift_reference artifact?")
+        reference = load_reference(args, settings)
+    except BaseException:
+        server.shutdown()
+        raise
     log.info("drift watch: %s, windows of %d, threshold %s, persist %d; metrics on http://%s:%d/metrics",
              args.records, settings.window, settings.threshold, settings.persist, settings.host, port)
 
@@ -231,7 +269,7 @@ def watch(args: argparse.Namespace, settings: DriftSettings) -> int:
 
 
 # Settings `drift report` does not use (it serves nothing and calls no webhook).
-REPORT_SKIP = ("host", "port", "persist", "webhook_url", "webhook_token_file", "poll_seconds")
+REPORT_SKIP = ("host", "port", "persist", "webhook_url", "webhook_token_file", "poll_seconds", "reference_wait")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from sentimentops.steps.core.config import CommonSettings, parse_settings
+from sentimentops.steps.core.config import STORAGE_URI_TAG, CommonSettings, parse_settings
 from sentimentops.steps.core.contract import (
     DRIFT_REFERENCE_FILE,
     DRIFT_REFERENCE_KEY,
@@ -191,6 +191,19 @@ def register_version(client: Any, inputs: Inputs, settings: RegisterSettings, mo
     return client.get_model_version(name, created.version)
 
 
+def record_storage_uri(client: Any, settings: RegisterSettings, version: str) -> str:
+    """The version's `storage_uri` tag: where KServe's storage initializer reads this model (the version's download
+    URI, mapped onto the MLflow server's --artifacts-destination when `mlflow_artifacts_destination` is set:
+    CommonSettings.storage_uri). The rollout patches predictor.model.storageUri with it. Set on every run, so a
+    re-run completes a version registered before the tag existed or one a crash left without it."""
+    name = settings.registered_model
+    uri = settings.storage_uri(client.get_model_version_download_uri(name, version))
+    if client.get_model_version(name, version).tags.get(STORAGE_URI_TAG) != uri:
+        client.set_model_version_tag(name, version, STORAGE_URI_TAG, uri)
+    log.info("%s version %s: storage URI %s", name, version, uri)
+    return uri
+
+
 def attach_card(client: Any, inputs: Inputs, settings: RegisterSettings, version: str) -> None:
     """The version's model card (steps/register/card.py), generated from the stage outputs: logged to the training
     run as `model_card/README.md` (the MLflow UI shows it under the run's artifacts), its path in the version's
@@ -232,6 +245,7 @@ def register(model_out: Path, evaluation: Path, version_out: Path, settings: Reg
     else:
         log.info("%s version %s already holds this model (hash %s...)", name, existing.version, model_hash[:19])
     version = str(existing.version)
+    record_storage_uri(client, settings, version)
     attach_card(client, inputs, settings, version)
     client.set_registered_model_alias(name, "challenger", version)
     current = alias_version(settings, "champion")

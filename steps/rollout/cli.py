@@ -1,6 +1,7 @@
 """`sentimentops rollout ...`: roll a registered model out as a canary and promote or roll it back.
 
-  deploy    resolve the candidate (MLflow alias `challenger` or a version) and deploy it as a canary
+  deploy    resolve the candidate (MLflow alias `challenger` or a version) to the storage URI register recorded
+            on it (tag `storage_uri`) and deploy it as a canary
   analyse   wait until it is ready, compare it with stable in Prometheus over the soak, record the decision
             (OUT/decision: promote | rollback, an Argo output parameter)
   promote   all traffic to the candidate, MLflow alias `champion` moved
@@ -60,8 +61,6 @@ class RolloutSettings(CommonSettings):
     namespace: str = Field("", description="Its namespace; empty: the pod's own (in-cluster).")
     mode: Literal["auto", "serverless", "raw"] = Field(
         "auto", description="auto (from the deploymentMode annotation) | serverless | raw.")
-    artifacts_destination: str = Field("", description="MLflow server's --artifacts-destination (gs://...): maps "
-                                       "mlflow-artifacts:/ download URIs to a storageUri KServe can read.")
     local_dir: str = Field("{home}/rollout/local", description="Local target: state, logs, Prometheus TSDB.")
     load_rps: float = Field(20.0, ge=0, description="Local target: requests/s replayed to the router during "
                             "the soak (0: none).")
@@ -81,7 +80,7 @@ def build_target(settings: RolloutSettings, canary_env: dict[str, str]):
 
         try:
             return KServeTarget(settings.inference_service, settings.namespace or in_cluster_namespace(),
-                                mode=settings.mode, artifacts_destination=settings.artifacts_destination)
+                                mode=settings.mode)
         except ConfigException as err:  # run outside a pod: a message, not a traceback
             raise RolloutError(f"--target kserve needs the pod's Kubernetes ServiceAccount ({err}); on this "
                                "machine use --target local (docs/rollout.md), or run the pipeline with "

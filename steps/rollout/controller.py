@@ -33,8 +33,7 @@ class Target(Protocol):
 
     def load_state(self) -> RolloutState | None: ...
     def save(self, state: RolloutState) -> None: ...
-    def stable(self) -> tuple[str, str]: ...  # (model version, artifact URI) serving now; "" when unknown
-    def artifact_uri(self, version: str, download_uri: str) -> str: ...
+    def stable(self) -> tuple[str, str]: ...  # (model version, storage URI) serving now; "" when unknown
     def deploy(self, state: RolloutState) -> RolloutState: ...  # canary + state in one atomic step
     def ready(self) -> tuple[bool, str]: ...
     def promote(self, state: RolloutState) -> None: ...  # all traffic to the candidate + state, atomically
@@ -65,7 +64,7 @@ class Controller:
 
     # ---- deploy ------------------------------------------------------------------------------------------------
     def deploy(self, ref: str) -> RolloutState:
-        version, download_uri = self.registry.resolve(ref)
+        version, storage_uri = self.registry.resolve(ref)  # the version's `storage_uri` tag (register's)
         state = self.target.load_state()
         if state is not None and state.candidate_version == version and state.phase in ACTIVE + FINAL:
             self.say(f"version {version} is already {state.phase} (since {state.started}); nothing to deploy")
@@ -77,7 +76,7 @@ class Controller:
                                          reason=f"superseded by version {version} before a decision"))
         stable_version, stable_uri = self.target.stable()
         stable_version = stable_version or self.registry.alias("champion") or ""
-        state = RolloutState(candidate_version=version, candidate_uri=self.target.artifact_uri(version, download_uri),
+        state = RolloutState(candidate_version=version, candidate_uri=storage_uri,
                              previous_version=stable_version, previous_uri=stable_uri, phase="canary",
                              started=now_iso(), percent=self.canary_percent)
         if stable_version == version:

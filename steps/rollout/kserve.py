@@ -1,16 +1,31 @@
 """The KServe target: pure merge-patch builders for both deployment modes, and the InferenceService through the
 official Kubernetes client (in-cluster ServiceAccount; RBAC: get + patch on this InferenceService, create events).
 
-Serverless (Knative revisions): the canary is a new revision of `spec.predictor`; `canaryTrafficPercent: P` sends
-P% to it and the rest to the previously rolled-out revision. Promote removes the field (the latest revision takes
-100%); roll back restores the previous predictor spec with `canaryTrafficPercent: 0`, so traffic stays on the
-previously rolled-out revision (KServe's documented rollback) and the spec again describes the stable model.
-RawDeployment (KServe 0.20+, `spec.canary: [{trafficPercent, predictor}]`): the canary predictor runs beside the
-untouched `spec.predictor`. Promote moves the canary predictor into `spec.predictor` and clears `spec.canary`;
-roll back clears `spec.canary`.
+The predictor is KServe's model form: `spec.predictor.model{modelFormat: sentimentops, runtime: sentimentops,
+storageUri}` served by the chart's ServingRuntime (its container runs `sentimentops serve --model-dir /mnt/models`;
+KServe's storage initializer copies storageUri there). A rollout changes which model is served and nothing else:
+in `spec.predictor` it writes only `model.storageUri`, the pod labels `sentimentops.io/model-version` and
+`sentimentops.io/role`, and `canaryTrafficPercent`; its state goes into its own `sentimentops.io/rollout-*`
+annotations. The chart's ServingRuntime sets SENTIMENTOPS_MODEL_VERSION from the version label (downward API), so
+the version a pod reports follows the label with no container env rewritten.
 
-Every patch carries the rollout annotations (sentimentops.steps.rollout.state) in the same request, so the object and the
-record of what was done to it can never disagree.
+Serverless (Knative revisions): a changed `spec.predictor` is a new revision; `canaryTrafficPercent: P` sends P% to
+it and the rest to the previously rolled-out revision. Promote removes the field (the latest revision takes 100%)
+and labels it `stable`; roll back restores the previous storageUri and labels with `canaryTrafficPercent: 0`, so
+traffic stays on the previously rolled-out revision (KServe's documented rollback) and the spec again describes the
+stable model.
+RawDeployment / Standard (no revisions; KServe 0.20's `spec.canary: [{trafficPercent, predictor}]`, in the CRD
+committed in workflows/schemas/kserve): the canary entry names the candidate only (predictor.name, the model's
+storageUri and format, the labels) and KServe builds its predictor from the stable one (v0.20
+components/predictor.go buildCanaryPredictor: a deep copy of spec.predictor merged with the entry, autoscaling
+fields cleared, replicas from the traffic share), running as Deployment and Service <isvc>-<name>-predictor beside
+the untouched `spec.predictor`. The webhook (inference_service_validation.go validateCanarySpecs) requires
+predictor.name and Standard mode (RawDeployment is normalised to it) and refuses maxReplicas, scaleTarget,
+scaleMetric and autoScaling on a canary, so the entry carries none. Promote writes the candidate's storageUri and
+labels into `spec.predictor` and clears `spec.canary`; roll back clears `spec.canary`.
+
+Every patch carries the rollout annotations (sentimentops.steps.rollout.state) in the same request, so the object
+and the record of what was done to it can never disagree.
 """
 from __future__ import annotations
 
@@ -30,8 +45,9 @@ MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 VERSION_LABEL = "sentimentops.io/model-version"  # relabelled to `model_version` by the ServiceMonitor
 # Relabelled to `role` (stable/canary): the canary recording rules in charts/sentimentops/files/monitoring/rules compare by it.
 ROLE_LABEL = "sentimentops.io/role"
-MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
-CONTAINER = "kserve-container"
+MODEL_CONTAINER = "kserve-container"  # KServe's name for the model server container (predictor.model)
+# The RawDeployment canary's predictor.name: KServe serves it as Deployment and Service <isvc>-canary-predictor.
+CANARY_NAME = "canary"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -49,37 +65,43 @@ def check_percent(percent: int) -> int:
 
 
 def served_version(predictor: dict) -> tuple[str, str]:
-    """(model version, storage URI) a predictor spec serves, from its label and its container env."""
-    env = {e.get("name"): e.get("value", "") for e in _container(predictor).get("env") or ()}
-    version = (predictor.get("labels") or {}).get(VERSION_LABEL) or env.get("SENTIMENTOPS_MODEL_VERSION", "")
-    return version, env.get("STORAGE_URI", "")
+    """(model version, storage URI) a predictor spec serves: its version label and its model.storageUri."""
+    return ((predictor.get("labels") or {}).get(VERSION_LABEL, ""),
+            (predictor.get("model") or {}).get("storageUri", ""))
 
 
-def _container(predictor: dict) -> dict:
-    containers = predictor.get("containers") or []
-    return next((c for c in containers if c.get("name") == CONTAINER), containers[0] if containers else {})
+def rollout_fields(version: str, storage_uri: str, role: str) -> dict:
+    """The only predictor fields a rollout writes (as a merge patch of `spec.predictor`)."""
+    return {"model": {"storageUri": storage_uri}, "labels": {VERSION_LABEL: version, ROLE_LABEL: role}}
+
+
+def current_fields(predictor: dict) -> dict:
+    """Those fields' values now, shaped like rollout_fields; an absent one is None, so applying this as a merge
+    patch restores the predictor exactly (a label that was not there is removed again)."""
+    labels = predictor.get("labels") or {}
+    return {"model": {"storageUri": (predictor.get("model") or {}).get("storageUri")},
+            "labels": {VERSION_LABEL: labels.get(VERSION_LABEL), ROLE_LABEL: labels.get(ROLE_LABEL)}}
+
+
+def _stable_predictor(isvc: dict) -> dict:
+    predictor = isvc["spec"]["predictor"]
+    if not isinstance(predictor.get("model"), dict):
+        # A ValueError: the CLI's one-line usage error (exit 2), like every refusal before the API is called.
+        raise ValueError(f"InferenceService {isvc['metadata'].get('name')}: spec.predictor has no `model`: the "  # noqa: TRY004
+                         "rollout changes predictor.model.storageUri (the chart's ServingRuntime form, "
+                         "docs/serving.md), not a custom container")
+    return predictor
 
 
 def predictor_for(predictor: dict, version: str, storage_uri: str, role: str = "canary") -> dict:
-    """The same predictor serving another registered version: STORAGE_URI (KServe downloads it to /mnt/models),
-    `--model-dir /mnt/models` instead of `--model-uri`, the version in env and in the pod labels with its role."""
-    new = copy.deepcopy(predictor)
-    new.pop("canaryTrafficPercent", None)
-    new["labels"] = {**(new.get("labels") or {}), VERSION_LABEL: version, ROLE_LABEL: role}
-    if not new.get("containers"):
-        raise ValueError("the predictor has no containers: this rollout drives the custom sentimentops container")
-    container = _container(new)
-    args = list(container.get("args") or [])
-    for flag in ("--model-uri", "--model-dir"):
-        while flag in args:
-            i = args.index(flag)
-            del args[i:i + 2]
-    insert_at = 1 if args[:1] == ["serve"] else 0
-    container["args"] = args[:insert_at] + ["--model-dir", MODEL_DIR] + args[insert_at:]
-    env = [e for e in container.get("env") or () if e.get("name") not in ("STORAGE_URI", "SENTIMENTOPS_MODEL_VERSION")]
-    container["env"] = env + [{"name": "STORAGE_URI", "value": storage_uri},
-                              {"name": "SENTIMENTOPS_MODEL_VERSION", "value": version}]
-    return new
+    """RawDeployment's canary entry for the candidate: its name, the stable model's format and runtime with the
+    candidate's storageUri, and the two labels. KServe fills in the rest from the stable predictor."""
+    model = predictor.get("model") or {}
+    candidate_model = {"name": MODEL_CONTAINER, "modelFormat": copy.deepcopy(model.get("modelFormat")),
+                       **({"runtime": model["runtime"]} if model.get("runtime") else {}), "storageUri": storage_uri}
+    # The CRD requires a container name on spec.canary[].predictor.model (not on spec.predictor.model): KServe
+    # names the model server's container kserve-container whatever the spec says, so that is the name.
+    return {"name": CANARY_NAME, "labels": {VERSION_LABEL: version, ROLE_LABEL: role}, "model": candidate_model}
 
 
 def _annotations(state: RolloutState) -> dict:
@@ -89,22 +111,25 @@ def _annotations(state: RolloutState) -> dict:
 def canary_patch(isvc: dict, state: RolloutState, mode: Mode) -> dict:
     """Deploy the candidate at state.percent beside the stable predictor."""
     percent = check_percent(state.percent)
-    candidate = predictor_for(isvc["spec"]["predictor"], state.candidate_version, state.candidate_uri)
+    stable = _stable_predictor(isvc)
     if mode == "serverless":
-        spec = {"predictor": {**candidate, "canaryTrafficPercent": percent}}
+        fields = rollout_fields(state.candidate_version, state.candidate_uri, "canary")
+        spec = {"predictor": {**fields, "canaryTrafficPercent": percent}}
     else:
+        candidate = predictor_for(stable, state.candidate_version, state.candidate_uri)
         spec = {"canary": [{"trafficPercent": percent, "predictor": candidate}]}
     return {**_annotations(state), "spec": spec}
 
 
 def promote_patch(isvc: dict, state: RolloutState, mode: Mode) -> dict:
-    """All traffic to the candidate; state.phase should be `promoted`."""
+    """All traffic to the candidate; state.phase should be `promoted`. Both modes end with the candidate's
+    storageUri and labels (role `stable`) in spec.predictor; the promoted revision (Serverless: one more revision
+    of the same model, rolled to 100%) becomes `stable`."""
+    _stable_predictor(isvc)
+    fields = rollout_fields(state.candidate_version, state.candidate_uri, "stable")
     if mode == "serverless":
-        # The promoted revision becomes `stable` (one more revision of the same model, rolled to 100%).
-        return {**_annotations(state), "spec": {"predictor": {"canaryTrafficPercent": None,
-                                                               "labels": {ROLE_LABEL: "stable"}}}}
-    candidate = predictor_for(isvc["spec"]["predictor"], state.candidate_version, state.candidate_uri, "stable")
-    return {**_annotations(state), "spec": {"predictor": candidate, "canary": None}}
+        return {**_annotations(state), "spec": {"predictor": {**fields, "canaryTrafficPercent": None}}}
+    return {**_annotations(state), "spec": {"predictor": fields, "canary": None}}
 
 
 def rollback_patch(isvc: dict, state: RolloutState, mode: Mode) -> dict:
@@ -112,14 +137,11 @@ def rollback_patch(isvc: dict, state: RolloutState, mode: Mode) -> dict:
     if mode == "raw":
         return {**_annotations(state), "spec": {"canary": None}}
     previous = json.loads(state.previous_predictor) if state.previous_predictor else None
-    if previous is None:
-        raise ValueError("no previous predictor recorded: cannot restore the stable revision")
-    current = isvc["spec"]["predictor"]
-    # Merge patch merges maps: keys the canary added and the previous spec lacks are removed explicitly.
-    restored: dict = {k: None for k in current if k not in previous}
-    restored.update(previous)
-    restored["canaryTrafficPercent"] = 0
-    return {**_annotations(state), "spec": {"predictor": restored}}
+    if not isinstance(previous, dict):
+        raise ValueError("no previous predictor recorded: cannot restore the stable revision")  # noqa: TRY004
+    # current_fields of the recorded predictor: the narrow record this module writes, or a full predictor spec
+    # recorded by an older rollout, restore the same three fields.
+    return {**_annotations(state), "spec": {"predictor": {**current_fields(previous), "canaryTrafficPercent": 0}}}
 
 
 def merge_patch(target: object, patch: object) -> object:
@@ -176,8 +198,7 @@ class KServeTarget:
 
     kind = "kserve"
 
-    def __init__(self, name: str, namespace: str, *, mode: str = "auto", artifacts_destination: str = "",
-                 custom_api=None, core_api=None):
+    def __init__(self, name: str, namespace: str, *, mode: str = "auto", custom_api=None, core_api=None):
         if custom_api is None or core_api is None:
             from kubernetes import client, config
 
@@ -185,7 +206,7 @@ class KServeTarget:
             custom_api, core_api = client.CustomObjectsApi(), client.CoreV1Api()
         self.name, self.namespace = name, namespace
         self.custom, self.core = custom_api, core_api
-        self.mode_setting, self.artifacts_destination = mode, artifacts_destination
+        self.mode_setting = mode
 
     def get(self) -> dict:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
@@ -206,14 +227,10 @@ class KServeTarget:
     def stable(self) -> tuple[str, str]:
         return served_version(self.get()["spec"]["predictor"])
 
-    def artifact_uri(self, version: str, download_uri: str) -> str:
-        from sentimentops.steps.rollout.registry import storage_uri
-
-        return storage_uri(download_uri, self.artifacts_destination)
-
     def deploy(self, state: RolloutState) -> RolloutState:
         isvc = self.get()
-        previous = {k: v for k, v in isvc["spec"]["predictor"].items() if k != "canaryTrafficPercent"}
+        # What a Serverless rollback restores: the stable predictor's storageUri and labels, nothing more.
+        previous = current_fields(_stable_predictor(isvc))
         state = replace(state, previous_predictor=json.dumps(previous, sort_keys=True, separators=(",", ":")))
         self.patch(canary_patch(isvc, state, self.mode(isvc)))
         return state

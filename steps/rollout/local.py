@@ -169,9 +169,6 @@ class LocalTarget:
         version = stable.get("version", "")
         return version, f"models:/{self.registered_model}/{version}" if version else ""
 
-    def artifact_uri(self, version: str, download_uri: str) -> str:
-        return download_uri
-
     def deploy(self, state: RolloutState) -> RolloutState:
         data = self.read()
         if not data.get("stable"):

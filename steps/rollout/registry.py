@@ -6,21 +6,13 @@ and its training run (the same tags, plus the full evidence as `rollout/v<N>-<de
 from __future__ import annotations
 
 import json
-import re
 
-from sentimentops.steps.core.config import CommonSettings
+from sentimentops.steps.core.config import STORAGE_URI_TAG, CommonSettings
+from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.tracking import configure
 
 TAG_MAX = 5000  # MLflow's limit on a model-version tag value
-
-
-def storage_uri(download_uri: str, artifacts_destination: str = "") -> str:
-    """MLflow's download URI as KServe's storage initializer can read it: a proxied `mlflow-artifacts:/x` (the
-    server runs with --artifacts-destination) maps onto that destination, e.g. gs://bucket/artifacts/x."""
-    if download_uri.startswith("mlflow-artifacts:") and artifacts_destination:
-        path = re.sub(r"^mlflow-artifacts:(//[^/]*)?/*", "", download_uri)
-        return f"{artifacts_destination.rstrip('/')}/{path}"
-    return download_uri
+log = get_logger("sentimentops.rollout")
 
 
 class Registry:
@@ -30,13 +22,22 @@ class Registry:
         self.client = configure(settings)
 
     def resolve(self, ref: str) -> tuple[str, str]:
-        """`challenger` / `@challenger` (an alias) or `4` (a version) -> (version, artifact download URI)."""
+        """`challenger` / `@challenger` (an alias) or `4` (a version) -> (version, storage URI): the version's
+        `storage_uri` tag, which register records (the URI KServe's storage initializer reads)."""
         ref = ref.removeprefix("@")
         if ref.isdigit():
             version = self.client.get_model_version(self.name, ref)
         else:
             version = self.client.get_model_version_by_alias(self.name, ref)
-        return str(version.version), self.client.get_model_version_download_uri(self.name, version.version)
+        recorded = (version.tags or {}).get(STORAGE_URI_TAG)
+        if recorded:
+            return str(version.version), recorded
+        # A version registered before register recorded the tag: the same mapping register uses, from this
+        # step's own settings (SENTIMENTOPS_MLFLOW_ARTIFACTS_DESTINATION), so older versions keep rolling out.
+        computed = self.settings.storage_uri(self.client.get_model_version_download_uri(self.name, version.version))
+        log.warning("%s version %s has no %s tag (registered before register recorded it): using %s",
+                    self.name, version.version, STORAGE_URI_TAG, computed)
+        return str(version.version), computed
 
     def alias(self, alias: str) -> str | None:
         from mlflow.exceptions import MlflowException

@@ -331,6 +331,12 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
         return readiness(lambda: {"status": "ready", "model_name": model.info.name,
                                   "model_version": model.info.version, "backend": model.backend_name})
 
+    @app.get("/", tags=["v1"])
+    async def root_live():
+        # KServe's model server answers GET / with {"status": "alive"} (kserve/protocol/rest/server.py registers
+        # dataplane.live at "/"), and its InferenceRESTClient checks V1 liveness there: status == "alive".
+        return {"status": "alive"}
+
     @app.get("/v2/health/live", tags=["v2"])
     async def live():
         return {"live": True}

@@ -132,6 +132,11 @@ class SentimentModel(kserve.Model):
         self._run(self.encoder.encode([WARMUP_TEXT]))
         if self.solo_backend is not None:
             self._run_solo(self.encoder.encode([WARMUP_TEXT]))
+        if self.records is not None:  # the drift monitor's reference, beside the records it reads
+            try:
+                self.records.publish_reference(folder.drift_reference)
+            except OSError as err:  # monitoring never takes the predictor out of service; the monitor waits
+                log.error("drift reference not published: %s", err)
         batching = dataclasses.replace(self.options.batching, workers=workers)
         self.batcher = Batcher(self._run, batching, on_batch=self._observe,
                                on_depth=(self.metrics.queue_depth.set if self.metrics else None),

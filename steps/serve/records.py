@@ -1,14 +1,29 @@
 """The prediction-record sink (docs/metrics.md): one JSON object per prediction appended to a JSON-lines file,
-rotated by size, read by the drift monitor. No raw text unless log_text is set."""
+rotated by size, read by the drift monitor. No raw text unless log_text is set.
+
+Beside the records the predictor publishes the drift reference of the model it serves (`drift_reference.json`, the
+model folder's `drift_reference` artifact), so the drift monitor needs nothing but this folder: in the cluster a
+sidecar sharing it reads `<dir>/records.jsonl` and `<dir>/drift_reference.json`, and never KServe's own volumes.
+"""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
-from sentimentops.steps.core.contract import label_of
+from sentimentops.steps.core.contract import DRIFT_REFERENCE_FILE, label_of
+from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.psi import RECORD_DECIMALS
+
+log = get_logger("sentimentops.serve")
+
+
+def reference_path(records: Path) -> Path:
+    """Where the drift reference is published: next to the prediction records, as drift_reference.json."""
+    return Path(records).parent / DRIFT_REFERENCE_FILE
 
 
 class PredictionLog:
@@ -43,6 +58,25 @@ class PredictionLog:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+    def publish_reference(self, reference: Path | None) -> Path | None:
+        """Copies the served model's drift reference next to the records, atomically (a temporary file in the
+        same folder, then os.replace: a reader sees the old file or the new one, never half of one). Called on
+        every model load. A model without a reference removes a stale one an earlier model left, so the monitor
+        waits instead of judging this model against another's reference."""
+        target = reference_path(self.path)
+        if reference is None:
+            target.unlink(missing_ok=True)
+            log.warning("the model has no drift reference: %s not written (the drift monitor waits for it)", target)
+            return None
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(reference, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("drift reference published: %s", target)
+        return target
 
 
 def record(model_version: str, input_tokens: int, truncated: bool, probability: float, content: float,

@@ -131,7 +131,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model-uri", help="models:/NAME@ALIAS or models:/NAME/VERSION, resolved in MLflow")
     parser.add_argument("--model-name", default="sentiment", help="the model name in the protocols' paths "
                         "(default: sentiment)")
-    parser.add_argument("--model-version", default=os.environ.get("SENTIMENTOPS_MODEL_VERSION", "unversioned"),
+    # In the cluster the ServingRuntime sets SENTIMENTOPS_MODEL_VERSION from the pod's sentimentops.io/model-version
+    # label (downward API); a pod without the label gets an empty value, reported as unversioned.
+    parser.add_argument("--model-version", default=os.environ.get("SENTIMENTOPS_MODEL_VERSION") or "unversioned",
                         help="the version reported with --model-dir (default: SENTIMENTOPS_MODEL_VERSION or "
                         "unversioned)")
 

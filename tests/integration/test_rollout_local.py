@@ -154,6 +154,10 @@ def test_healthy_canary_is_promoted(env, local, tmp_path):
     assert state["stable"]["version"] == version and state["canary"] is None
     assert state["routes"]["canary"] is None
     assert events(local) == ["CanaryDeployed", "CanaryPromoted"]
+    # The candidate is where register said it is: the version's `storage_uri` tag (locally the download URI).
+    tags = record["tags"]
+    assert tags["storage_uri"] == client(env).get_model_version_download_uri("sentiment", version)
+    assert state["rollout"]["sentimentops.io/rollout-candidate-uri"] == tags["storage_uri"]
 
 
 def test_slow_canary_is_rolled_back(env, local, tmp_path):

@@ -42,8 +42,15 @@ def served_model(tmp_path_factory, tiny_model_dir, imdb_dir) -> Path:
                               load_settings(ExportSettings, {"eval_rows": 100}),
                               eval_set=imdb_dir / "sample_test.parquet")
     assert report.eval_rows == 100 and (root / "artifacts/onnx/model.onnx").is_file()
+    # evaluate's drift reference travels with the model; the predictor publishes it next to its records
+    from sentimentops.steps.core.psi import build_reference, features_from_predictions
+
+    build_reference(features_from_predictions([20.0 + i for i in range(200)], [i / 200 for i in range(200)],
+                                              [0.1] * 200), source="serve-test").write(
+        root / "artifacts" / "drift_reference.json")
     (root / "MLmodel").write_text(yaml.safe_dump({"run_id": "run-abc", "flavors": {"python_function": {
-        "artifacts": {"model_dir": {"path": "artifacts/model"}, "onnx": {"path": "artifacts/onnx"}}}}}))
+        "artifacts": {"model_dir": {"path": "artifacts/model"}, "onnx": {"path": "artifacts/onnx"},
+                      "drift_reference": {"path": "artifacts/drift_reference.json"}}}}}))
     return root
 
 
@@ -154,6 +161,37 @@ def test_health_metadata_and_metrics(server):
             in text)
     assert "sentiment_model_ready 1.0" in text
     assert re.search(r'sentiment_request_duration_seconds_count\{protocol="v2",status="200"\} [1-9]', text)
+
+
+def test_root_answers_like_kserves_model_server_and_kserves_client_agrees(server):
+    """KServe's model server answers GET / with {"status": "alive"}; its own client (InferenceRESTClient,
+    protocol v1) checks liveness there (404 here once made it report the predictor dead), v2 on /v2/health/live."""
+    import asyncio
+
+    from kserve import InferenceRESTClient, RESTConfig
+
+    assert server.call("/")[:2] == (200, {"status": "alive"})
+
+    async def ask() -> tuple:
+        v1, v2 = InferenceRESTClient(RESTConfig(protocol="v1")), InferenceRESTClient(RESTConfig(protocol="v2"))
+        try:
+            answer = await v1.infer(server.base, {"instances": ["a fine film"]}, model_name="sentiment")
+            return (await v1.is_server_live(server.base), await v2.is_server_live(server.base),
+                    await v1.is_model_ready(server.base, "sentiment"),
+                    await v2.is_model_ready(server.base, "sentiment"), answer["predictions"][0]["model_version"])
+        finally:
+            await v1.close()
+            await v2.close()
+
+    assert asyncio.run(ask()) == (True, True, True, True, "5")
+
+
+def test_the_drift_reference_is_published_next_to_the_prediction_log(server, served_model):
+    """The drift sidecar reads <dir>/drift_reference.json beside <dir>/records.jsonl: the served model's own
+    reference, written when the model loaded (before readiness), byte for byte."""
+    published = Path(server.log).parent / "drift_reference.json"
+    assert published.read_bytes() == (served_model / "artifacts" / "drift_reference.json").read_bytes()
+    assert not list(published.parent.glob(".drift_reference.json.*"))  # no temporary left behind
 
 
 def test_prediction_records_have_no_text(server, tmp_path_factory):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sentimentops.steps.core.client import free_port
-from sentimentops.steps.core.processes import spawn, stop
+from sentimentops.steps.core.processes import run, spawn, stop
 from sentimentops.steps.core.psi import build_reference, features_from_predictions
 from sentimentops.steps.drift.cli import DriftMonitor, DriftSettings, reference_from_pyfunc
 from sentimentops.steps.drift.records import RecordTail, parse_records
@@ -196,3 +196,69 @@ def test_cli_is_registered():
 
     assert cli.STAGES["drift"] == "sentimentops.steps.drift.cli"
     assert Path(cli.__file__).parent.joinpath("drift", "cli.py").is_file()
+
+
+def test_waiting_for_the_reference_is_bounded_and_said(tmp_path, caplog):
+    """The sidecar starts with the predictor, before the model (and so the reference) is there: it waits, saying
+    so, instead of exiting into a restart loop; past the bound it gives up (False)."""
+    from sentimentops.steps.drift.cli import wait_for_reference
+
+    now = [0.0]
+    path = tmp_path / "drift_reference.json"
+    with caplog.at_level("INFO"):
+        found = wait_for_reference(path, 100, poll_s=5, say_every_s=30, sleep=lambda s: now.__setitem__(0, now[0] + s),
+                                   clock=lambda: now[0])
+    assert found is False and now[0] == pytest.approx(100)
+    said = [r.getMessage() for r in caplog.records if "waiting for the drift reference" in r.getMessage()]
+    assert 3 <= len(said) <= 5  # at the start and about every 30 s, not every poll
+
+    def appear(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] >= 20:
+            path.write_text("{}")
+
+    now[0] = 0.0
+    assert wait_for_reference(path, 100, poll_s=5, sleep=appear,
+                              clock=lambda: now[0]) is True
+    assert now[0] == pytest.approx(20)
+
+
+@pytest.mark.slow  # server processes: left out of `make test-fast`
+def test_watch_waits_for_the_reference_the_predictor_publishes_then_gives_up_clearly(tmp_path, reference):
+    folder = tmp_path / "predictions"  # the shared folder: records.jsonl and drift_reference.json
+    folder.mkdir()
+    ref_path, log = folder / "drift_reference.json", folder / "records.jsonl"
+    port = free_port()
+    out_path = tmp_path / "watch.log"
+    with out_path.open("w") as out:
+        proc = spawn([sys.executable, "-m", "sentimentops.steps.cli", "drift", "watch", "--records", str(log),
+                      "--reference", str(ref_path), "--window", "100", "--port", str(port), "--poll-seconds", "0.1",
+                      "--max-windows", "1", "--reference-wait", "120"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "waiting for the drift reference" not in out_path.read_text():
+            time.sleep(0.2)
+        assert "waiting for the drift reference" in out_path.read_text()
+        assert proc.poll() is None  # waiting, not crashed
+        rng = np.random.default_rng(7)
+        log.write_text("\n".join(records(rng, 100)) + "\n")
+        reference.write(ref_path)  # the predictor's model loaded
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop(proc, grace_s=10)
+    assert '"window": 0' in out_path.read_text()
+
+    missing = run([sys.executable, "-m", "sentimentops.steps.cli", "drift", "watch", "--records", str(log),
+                   "--reference", str(tmp_path / "never.json"), "--port", "0", "--poll-seconds", "0.1",
+                   "--reference-wait", "1"], timeout=60)
+    assert missing.returncode == 1, missing.stderr
+    assert "did not appear within 1 s" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_only_the_cluster_sidecar_waits_for_the_reference_by_default():
+    """Locally a missing --reference is an error at once (a typo should not hang); under the gke profile the
+    sidecar waits for the predictor to publish it."""
+    from sentimentops.steps.core.config import load_settings
+
+    assert load_settings(DriftSettings, env={"SENTIMENTOPS_PROFILE": "local"}).reference_wait == 0
+    assert load_settings(DriftSettings, env={"SENTIMENTOPS_PROFILE": "gke"}).reference_wait == 900

@@ -14,7 +14,7 @@ from sentimentops.steps.core.tracking import configure
 from sentimentops.steps.rollout import kserve
 from sentimentops.steps.rollout.controller import Controller, RolloutError, Timing
 from sentimentops.steps.rollout.policy import Observation, RolloutPolicy, Side
-from sentimentops.steps.rollout.registry import Registry, storage_uri
+from sentimentops.steps.rollout.registry import Registry
 from sentimentops.steps.rollout.state import RolloutState
 from tests.contract.test_rollout_kserve import ISVC, FakeCore, FakeCustomObjects
 
@@ -80,8 +80,9 @@ def registry(mlflow_home, monkeypatch):
     # The experiment gets its artifact root under SENTIMENTOPS_HOME (a bare create_experiment would default to
     # ./mlruns in the working directory, i.e. the checkout).
     run_id = client.create_run(experiment_id(settings)).info.run_id
-    for i in range(2):
-        client.create_model_version(name, f"file:///models/{i}", run_id=run_id)
+    for i in range(2):  # the storage URI register records on each version (steps/register/cli.py)
+        client.create_model_version(name, f"file:///models/{i}", run_id=run_id,
+                                    tags={"storage_uri": f"gs://bucket/artifacts/models/m-{i + 1}/artifacts"})
     client.set_registered_model_alias(name, "champion", "1")
     client.set_registered_model_alias(name, "challenger", "2")
     return Registry(settings)
@@ -209,8 +210,34 @@ def test_a_new_candidate_supersedes_an_unfinished_one(registry, monkeypatch):
     assert state.candidate_version == "3" and registry.tags("2")["rollout.reason"].startswith("superseded")
 
 
-def test_storage_uri_maps_the_proxied_artifact_store():
-    assert storage_uri("mlflow-artifacts:/1/models/m-abc/artifacts", "gs://b/artifacts") == \
-        "gs://b/artifacts/1/models/m-abc/artifacts"
-    assert storage_uri("gs://b/x", "gs://other") == "gs://b/x"
-    assert storage_uri("mlflow-artifacts:/1/x", "") == "mlflow-artifacts:/1/x"
+def test_the_canary_serves_the_storage_uri_register_recorded(registry, monkeypatch):
+    clock = Clock(monkeypatch)
+    ctl, custom, _ = make(registry, ScriptedProbe([]), clock, "Serverless")
+    state = ctl.deploy("challenger")
+    assert state.candidate_uri == "gs://bucket/artifacts/models/m-2/artifacts"
+    assert custom.doc["spec"]["predictor"]["model"]["storageUri"] == state.candidate_uri
+
+
+def test_a_version_without_the_tag_falls_back_to_the_mapping_with_a_warning(registry, caplog):
+    """Versions registered before register recorded `storage_uri` keep rolling out: the rollout maps the download
+    URI itself (CommonSettings.storage_uri, the mapping register uses) and says so."""
+    registry.client.create_model_version(registry.name, "file:///models/old")
+    with caplog.at_level("WARNING"):
+        version, uri = registry.resolve("3")
+    assert (version, uri) == ("3", registry.client.get_model_version_download_uri(registry.name, "3"))
+    assert "has no storage_uri tag" in caplog.text
+    mapped = Registry(registry.settings.model_copy(update={"mlflow_artifacts_destination": "gs://b/artifacts"}))
+    assert mapped.resolve("3")[1] == uri  # a file:// download URI is not a proxied one: unchanged
+
+
+@pytest.mark.parametrize("download, destination, expected", [
+    ("mlflow-artifacts:/1/models/m-abc/artifacts", "gs://b/artifacts", "gs://b/artifacts/1/models/m-abc/artifacts"),
+    ("mlflow-artifacts://mlflow:5000/1/models/m-abc/artifacts", "gs://b/artifacts/",
+     "gs://b/artifacts/1/models/m-abc/artifacts"),
+    ("gs://b/x", "gs://other", "gs://b/x"),
+    ("mlflow-artifacts:/1/x", "", "mlflow-artifacts:/1/x"),
+])
+def test_storage_uri_maps_the_proxied_artifact_store(download, destination, expected):
+    from sentimentops.steps.core.config import CommonSettings
+
+    assert CommonSettings(mlflow_artifacts_destination=destination).storage_uri(download) == expected

@@ -213,6 +213,33 @@ def test_prediction_records_follow_the_contract_and_rotate(tmp_path):
     assert record("3", 5, False, 0.2, 0.0)["confidence"] == 0.8
 
 
+def test_the_drift_reference_is_published_next_to_the_records_atomically(tmp_path, monkeypatch):
+    """`drift watch --reference <dir>/drift_reference.json` in the sidecar reads what the predictor publishes on
+    each model load: a whole file (a temporary in the same folder, then one rename), never half of one; a model
+    without a reference removes a stale one, so the monitor waits instead of comparing against another model."""
+    import os
+
+    from sentimentops.steps.serve import records as records_mod
+
+    log = PredictionLog(tmp_path / "predictions" / "records.jsonl")
+    source = tmp_path / "artifact.json"
+    source.write_text('{"version": 1, "features": {}}')
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(records_mod.os, "replace", lambda a, b: (renames.append((Path(a), Path(b))),
+                                                                 real_replace(a, b))[1])
+    target = log.publish_reference(source)
+    assert target == tmp_path / "predictions" / "drift_reference.json" == records_mod.reference_path(log.path)
+    assert target.read_bytes() == source.read_bytes()
+    ((tmp, dst),) = renames
+    assert dst == target and tmp.parent == target.parent  # same folder: the rename is atomic
+    assert sorted(p.name for p in target.parent.iterdir()) == ["drift_reference.json", "records.jsonl"]
+    source.write_text('{"version": 2, "features": {}}')  # the next load publishes its own
+    assert log.publish_reference(source).read_text().endswith('2, "features": {}}')
+    assert log.publish_reference(None) is None and not target.exists()
+    log.close()
+
+
 def test_every_documented_serving_metric_is_exported():
     documented = re.findall(r"^\| `(sentiment_[a-z_]+)` \|", DOCS.read_text(), flags=re.MULTILINE)
     serving = [n for n in documented if not n.startswith("sentiment_drift")]

@@ -180,7 +180,7 @@ COMMANDS = {
               ["--records", "--model-dir", "--model-uri", "--reference", "--host", "--port", "--window",
                "--threshold", "--persist", "--webhook-url", "--webhook-token-file", "--from-end", "--max-windows"]),
     "rollout": (_rollout_main, ["run", "--help"], "usage: sentimentops rollout run",
-                ["--target", "--model", "--canary-percent", "--inference-service", "--artifacts-destination",
+                ["--target", "--model", "--canary-percent", "--inference-service",
                  "--soak", "--interval", "--prometheus-url", "--out", "--canary-env"]),
 }
 
