@@ -7,8 +7,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
+{{/* The image tag: image.tag, else the chart's appVersion (the package version the release workflow tags). */}}
+{{- define "sentimentops.imageTag" -}}
+{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
 {{- define "sentimentops.image" -}}
-{{ .root.Values.image.registry }}/sentimentops-{{ .name }}:{{ .root.Values.image.tag }}
+{{ .root.Values.image.registry }}/sentimentops-{{ .name }}:{{ include "sentimentops.imageTag" .root }}
 {{- end }}
 
 {{- define "sentimentops.mlflowUri" -}}
@@ -17,6 +22,22 @@ http://mlflow.{{ .Release.Namespace }}.svc.cluster.local:5000
 {{- else -}}
 {{ required "mlflow.externalUri is required when mlflow.enabled is false" .Values.mlflow.externalUri }}
 {{- end }}
+{{- end }}
+
+{{/*
+Where a registered model's files are, as KServe's storage initializer reads them: register maps the version's
+`mlflow-artifacts:/<path>` download URI onto this root (tag `storage_uri`; the rollout reads it). A gs:// artifacts
+destination is used as it is. A local one is the MLflow server's PVC `mlflow-artifacts` mounted at that path, so a
+file at <destination>/<path> is pvc://mlflow-artifacts/<path> (KServe's pvc:// storage URI). Empty with an external
+MLflow server: the storage URI is then the download URI itself.
+*/}}
+{{- define "sentimentops.modelStorageRoot" -}}
+{{- $dest := .Values.mlflow.artifactsDestination -}}
+{{- if hasPrefix "gs://" $dest -}}
+{{ $dest }}
+{{- else if .Values.mlflow.enabled -}}
+pvc://mlflow-artifacts
+{{- end -}}
 {{- end }}
 
 {{/* Restricted pod security: non-root, no privilege escalation, no capabilities, read-only root, seccomp. */}}
@@ -45,11 +66,62 @@ seccompProfile:
 {{ .Values.secrets.retrainWebhook.existingSecret | default "sentiment-retrain-webhook" }}
 {{- end }}
 
-{{/* Where the drift monitor posts persistent drift: the value, else the EventSource service this chart installs. */}}
-{{- define "sentimentops.driftWebhookUrl" -}}
-{{- if .Values.drift.webhookUrl -}}
-{{ .Values.drift.webhookUrl }}
-{{- else if and .Values.workflows.enabled (has "EventSource" .Values.workflows.kinds) -}}
-http://sentiment-retrain-eventsource-svc.{{ .Release.Namespace }}.svc:12000/retrain
-{{- end -}}
+{{/* The Secret holding the Slack incoming-webhook URL (key `webhook-url`). */}}
+{{- define "sentimentops.slackSecret" -}}
+{{ .Values.secrets.alertmanagerSlack.existingSecret | default "sentiment-alertmanager-slack" }}
+{{- end }}
+
+{{/*
+The Argo documents `sentimentops render` wrote into files/workflows (one YAML document per file, or several
+separated by `---`), parsed: a list of maps, in file order. Every consumer (workflows.yaml, rbac.yaml, NOTES.txt)
+reads them through this one definition. Returned as YAML (`{docs: [...]}`) because include returns text.
+*/}}
+{{- define "sentimentops.argoDocuments" -}}
+{{- $docs := list }}
+{{- range $path, $_ := .Files.Glob "files/workflows/*.yaml" }}
+{{- range $text := regexSplit "(?m)^---\\s*$" ($.Files.Get $path) -1 }}
+{{- $doc := fromYaml $text }}
+{{- if hasKey $doc "Error" }}
+{{- fail (printf "%s is not valid YAML: %s" $path $doc.Error) }}
+{{- end }}
+{{- if $doc }}
+{{- $docs = append $docs (dict "path" $path "doc" $doc) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "docs" $docs) }}
+{{- end }}
+
+{{/* Is a kind of Argo document rendered (workflows.enabled and listed in workflows.kinds)? "true" or "". */}}
+{{- define "sentimentops.argoKind" -}}
+{{- if and .root.Values.workflows.enabled (has .kind .root.Values.workflows.kinds) }}true{{ end }}
+{{- end }}
+
+{{/*
+Walk a parsed document and rename, in place, the service accounts and secrets `sentimentops render` writes under
+their default names (contract: the rendered YAML carries the defaults, the chart maps them to values):
+every `serviceAccountName: <default>` (workflow spec, each template, the Sensor's pod template, a submitted
+Workflow), every `secretKeyRef.name` and every EventSource `authSecret.name`. Names not in the tables stay.
+*/}}
+{{- define "sentimentops.renameRefs" -}}
+{{- $node := .node }}
+{{- if kindIs "map" $node }}
+{{- range $key, $value := $node }}
+{{- if and (eq $key "serviceAccountName") (kindIs "string" $value) }}
+{{- if hasKey $.accounts $value }}
+{{- $_ := set $node $key (get $.accounts $value) }}
+{{- end }}
+{{- else if and (has $key (list "secretKeyRef" "authSecret")) (kindIs "map" $value) }}
+{{- if and (kindIs "string" $value.name) (hasKey $.secrets (toString $value.name)) }}
+{{- $_ := set $value "name" (get $.secrets $value.name) }}
+{{- end }}
+{{- else }}
+{{- include "sentimentops.renameRefs" (dict "node" $value "accounts" $.accounts "secrets" $.secrets) }}
+{{- end }}
+{{- end }}
+{{- else if kindIs "slice" $node }}
+{{- range $item := $node }}
+{{- include "sentimentops.renameRefs" (dict "node" $item "accounts" $.accounts "secrets" $.secrets) }}
+{{- end }}
+{{- end }}
 {{- end }}
