@@ -116,8 +116,8 @@ resource "google_artifact_registry_repository_iam_member" "ci_push" {
   member     = "serviceAccount:${google_service_account.ci.email}"
 }
 
-# Enough to fetch cluster credentials; what CI may do inside the cluster is the chart's `deployer` Role
-# (namespace-scoped RBAC bound to this service account's email).
+# Enough to fetch cluster credentials; what CI may do inside the cluster is the Role `sentimentops-deploy`
+# (deploy.tf: namespace-scoped RBAC bound to this service account's email, created outside the chart).
 resource "google_project_iam_member" "ci_cluster_viewer" {
   project = var.project_id
   role    = "roles/container.clusterViewer"

@@ -1,3 +1,10 @@
+# Locations the chart's values need, written once (outputs below and chart_values).
+locals {
+  image_registry               = "${google_artifact_registry_repository.images.location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
+  dvc_remote                   = "gs://${google_storage_bucket.data["dvc"].name}/remote"
+  mlflow_artifacts_destination = "gs://${google_storage_bucket.data["mlflow"].name}/artifacts"
+}
+
 output "cluster_name" {
   description = "GKE cluster name (`gcloud container clusters get-credentials <name> --region <region>`)."
   value       = google_container_cluster.primary.name
@@ -30,7 +37,7 @@ output "buckets" {
 
 output "image_registry" {
   description = "Registry prefix of the images (the WorkflowTemplate's image-registry parameter)."
-  value       = "${google_artifact_registry_repository.images.location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
+  value       = local.image_registry
 }
 
 output "github_workload_identity_provider" {
@@ -41,4 +48,61 @@ output "github_workload_identity_provider" {
 output "github_service_account" {
   description = "GitHub variable GCP_SERVICE_ACCOUNT (impersonated by CI through the provider above)."
   value       = google_service_account.ci.email
+}
+
+output "argo_artifact_bucket" {
+  description = "Bucket of Argo's artifact repository (charts/sentimentops value argo.artifactRepository.gcs.bucket); the training and pipeline identities may write it."
+  value       = google_storage_bucket.data["argo"].name
+}
+
+output "dvc_remote" {
+  description = "DVC remote of the version step (charts/sentimentops value dvc.remote)."
+  value       = local.dvc_remote
+}
+
+output "mlflow_artifacts_destination" {
+  description = "MLflow server's --artifacts-destination (charts/sentimentops value mlflow.artifactsDestination)."
+  value       = local.mlflow_artifacts_destination
+}
+
+output "namespace" {
+  description = "Namespace of the chart: terraform creates it, binds the Workload Identities and the deploy Role in it."
+  value       = kubernetes_namespace_v1.app.metadata[0].name
+}
+
+output "deploy_role" {
+  description = "Role (in the namespace above) bound to the CI service account: what `helm upgrade` of charts/sentimentops may do."
+  value       = kubernetes_role_v1.deploy.metadata[0].name
+}
+
+output "platform_releases" {
+  description = "Platform release name -> chart@version installed (charts/platform/versions.yaml)."
+  value       = { for name, r in local.platform : name => "${r.chart}@${r.version}" }
+}
+
+# Every value of charts/sentimentops/values-gke.yaml that names this project, from the resources above: the runbook
+# writes it to a file (`terraform output -json chart_values`) and passes it to helm after values-gke.yaml.
+# tests/contract/test_runbook.py checks that each key exists in the chart's values and that it covers every
+# placeholder of values-gke.yaml.
+output "chart_values" {
+  description = "charts/sentimentops values that come from terraform (a values file: `terraform output -json chart_values > values-terraform.json`)."
+  value = {
+    image = {
+      registry = local.image_registry
+    }
+    serviceAccounts = {
+      training = { gcpServiceAccount = google_service_account.workload["training"].email }
+      serving  = { gcpServiceAccount = google_service_account.workload["serving"].email }
+      pipeline = { gcpServiceAccount = google_service_account.workload["pipeline"].email }
+      mlflow   = { gcpServiceAccount = google_service_account.workload["mlflow"].email }
+    }
+    argo = {
+      artifactRepository = {
+        type = "gcs"
+        gcs  = { bucket = google_storage_bucket.data["argo"].name }
+      }
+    }
+    dvc    = { remote = local.dvc_remote }
+    mlflow = { artifactsDestination = local.mlflow_artifacts_destination }
+  }
 }

@@ -47,7 +47,8 @@ def alerts() -> dict[str, dict]:
 
 def test_the_required_alerts_exist_with_their_thresholds():
     rules = alerts()
-    assert {"HighLatency", "HighErrorRate", "DataDrift", "LowConfidence", "ModelNotReady"} <= set(rules)
+    assert {"HighLatency", "HighErrorRate", "DataDrift", "LowConfidence", "ModelNotReady", "TrainingWorkflowFailed",
+            "NoSuccessfulRetrain"} <= set(rules)
     assert "> 0.5" in rules["HighLatency"]["expr"] and rules["HighLatency"]["for"] == "5m"
     assert "> 0.01" in rules["HighErrorRate"]["expr"] and rules["HighErrorRate"]["for"] == "5m"
     assert "> 0.2" in rules["DataDrift"]["expr"] and rules["DataDrift"]["labels"]["action"] == "retrain"
@@ -55,6 +56,67 @@ def test_the_required_alerts_exist_with_their_thresholds():
     for rule in rules.values():
         assert rule["labels"]["severity"] in {"critical", "warning"}
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
+
+
+def test_runbook_urls_are_repository_paths_of_runbook_sections():
+    """The rule files hold `docs/runbook.md#<alert in lower case>`, a path promtool tests as is; the chart prefixes
+    it with the value monitoring.runbookBaseUrl (docs/monitoring.md, "Runbook links"). The anchor must be a heading
+    of docs/runbook.md (GitHub's anchor: the heading in lower case)."""
+    runbook = (REPO / "docs" / "runbook.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#{1,6} (.+)$", runbook, re.MULTILINE)}
+    for name, rule in alerts().items():
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"docs/runbook.md#{name.lower()}", (name, url)
+        assert name.lower() in anchors, f"docs/runbook.md has no section `{name}` for {url}"
+
+
+def test_training_alerts_read_the_series_the_training_template_exports():
+    """Contract: Argo prefixes a custom metric with `argo_workflows_` and exposes a counter with `_total`."""
+    template = yaml.safe_load((REPO / "charts" / "sentimentops" / "files" / "workflows" /
+                               "sentiment-training.yaml").read_text())
+    exported = set()
+    for metric in template["spec"]["metrics"]["prometheus"]:
+        labels = {label["key"]: label["value"] for label in metric.get("labels", [])}
+        assert labels == {"template": "sentiment-training"}, metric["name"]
+        suffix = "_total" if "counter" in metric else ""
+        exported.add(f"argo_workflows_{metric['name']}{suffix}")
+    text = (MONITORING / "rules" / "sentiment-training.yaml").read_text()
+    code = "\n".join(line.split("#")[0] for line in text.splitlines())
+    used = set(re.findall(r"\bargo_workflows_\w+", code))
+    assert used == exported == {"argo_workflows_sentimentops_training_last_success_timestamp",
+                                "argo_workflows_sentimentops_training_failures_total"}
+    assert code.count('{template="sentiment-training"}') >= len(re.findall(r"\bargo_workflows_\w+", code))
+
+
+TRAINING_MUTATIONS = [
+    # Without the latch, a controller restart silences NoSuccessfulRetrain (the gauge is gone).
+    ("""            or
+            sentiment:training_last_success_timestamp_seconds:latched
+""", "", "NoSuccessfulRetrain"),
+    # Without the new-series branch, the first failure after a controller start goes unseen (increase() of a
+    # counter born at 1 is 0).
+    ("""            or
+            (
+              argo_workflows_sentimentops_training_failures_total{template="sentiment-training"}
+              unless
+              argo_workflows_sentimentops_training_failures_total{template="sentiment-training"} offset 1h
+            )
+""", "", "TrainingWorkflowFailed"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "alert"), TRAINING_MUTATIONS, ids=[m[2] for m in TRAINING_MUTATIONS])
+def test_training_alert_tests_catch_a_rule_without_its_controller_restart_guard(tmp_path, old, new, alert):
+    promtool = tool("promtool")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "tests").mkdir()
+    text = (MONITORING / "rules" / "sentiment-training.yaml").read_text()
+    assert old in text
+    (tmp_path / "rules" / "sentiment-training.yaml").write_text(text.replace(old, new))
+    shutil.copy(MONITORING / "tests" / "training_test.yaml", tmp_path / "tests")
+    done = run(promtool, "test", "rules", "training_test.yaml", cwd=tmp_path / "tests")
+    assert done.returncode != 0 and f"alertname: {alert}" in done.stdout + done.stderr, done.stdout
 
 
 def test_promtool_check_rules():
@@ -102,8 +164,10 @@ def test_every_alert_has_a_test_that_fires_stays_quiet_and_resolves():
 
 
 def _minutes(text: str) -> float:
-    value, unit = re.fullmatch(r"(\d+)([smh])", text).groups()
-    return int(value) * {"s": 1 / 60, "m": 1, "h": 60}[unit]
+    """A Prometheus duration (`90s`, `12m`, `8d1h`) in minutes."""
+    parts = re.findall(r"(\d+)([smhd])", text)
+    assert parts and "".join(v + u for v, u in parts) == text, text
+    return sum(int(value) * {"s": 1 / 60, "m": 1, "h": 60, "d": 1440}[unit] for value, unit in parts)
 
 
 def test_rule_groups_wrap_into_a_valid_prometheusrule():
@@ -172,6 +236,10 @@ ROUTES = [
     ({"alertname": "ModelNotReady", "severity": "critical"}, "slack-critical"),
     ({"alertname": "HighLatency", "severity": "warning"}, "slack-warnings"),
     ({"alertname": "LowConfidence", "severity": "warning"}, "slack-warnings"),
+    ({"alertname": "TrainingWorkflowFailed", "severity": "warning", "template": "sentiment-training"},
+     "slack-warnings"),
+    ({"alertname": "NoSuccessfulRetrain", "severity": "warning", "template": "sentiment-training"},
+     "slack-warnings"),
     ({"alertname": "SomethingElse"}, "slack-warnings"),
 ]
 
@@ -183,6 +251,27 @@ def test_amtool_routes(labels, receivers):
     done = run(amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}",
                f"--verify.receivers={receivers}", *args)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_drift_is_the_only_route_to_the_retraining_webhook_and_it_reaches_the_charts_namespace():
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    routes = config["route"]["routes"]
+    to_webhook = [r for r in routes if r["receiver"] == "retrain-webhook"]
+    assert [r["matchers"] for r in to_webhook] == [['action="retrain"']]
+    assert to_webhook[0]["continue"] is True
+    assert {name for name, rule in alerts().items() if rule["labels"].get("action") == "retrain"} == {"DataDrift"}
+    (hook,) = next(r for r in config["receivers"] if r["name"] == "retrain-webhook")["webhook_configs"]
+    assert hook["send_resolved"] is False
+    host = re.match(r"http://([^:/]+)", hook["url"]).group(1)
+    terraform_ns = re.search(r'variable "namespace".*?default\s*=\s*"([^"]+)"',
+                             (REPO / "terraform" / "variables.tf").read_text(), re.DOTALL).group(1)
+    assert host == f"sentiment-retrain-eventsource-svc.{terraform_ns}.svc"
+    # The comment once claimed a rate limit nobody configured: the Sensor's rate limit must exist if it is cited.
+    text = ALERTMANAGER.read_text()
+    if "rate limit" in text:
+        sensor = yaml.safe_load((REPO / "charts" / "sentimentops" / "files" / "workflows" /
+                                 "sentiment-retrain-sensor.yaml").read_text())
+        assert any(t.get("rateLimit") for t in sensor["spec"]["triggers"]), "the Sensor has no trigger rateLimit"
 
 
 def test_route_test_can_fail():

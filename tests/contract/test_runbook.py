@@ -1,10 +1,16 @@
 """docs/runbook.md: every command in its shell blocks is exercised or validated offline.
 
 - `sentimentops ...`: the subcommand's `--help` runs and lists every flag used; the offline-safe ones run for real.
-- `argo ...`: the WorkflowTemplate, its parameters and the ServiceAccount exist in the rendered YAML and the chart.
+- `argo ...`: the WorkflowTemplate, its parameters and any ServiceAccount exist in the rendered chart.
 - `kubectl ...`: the InferenceService/Service named exist in the rendered chart; each `patch` is applied to the
-  rendered InferenceService and the result passes the strict KServe schema (canaryTrafficPercent 0..100).
-- `helm`, `terraform`, `gcloud`, `make`: the chart, values files, variables and targets they name exist.
+  rendered InferenceService and the result passes the strict KServe schema; each `create secret` is a row of the
+  runbook's table of Secrets an operator creates, and every row has its command.
+- `helm`: the chart, values files (in the repository or written by an earlier command), `--set` keys of the
+  chart's values, and the platform releases of charts/platform/versions.yaml.
+- `terraform`: `-chdir=terraform`, variables, `-target` resources and outputs that exist.
+- `gcloud`: the cluster name and region defaults of terraform.
+- the tables: the platform releases equal versions.yaml; the operator's Secrets cover every Secret the chart and
+  Alertmanager read that nothing else creates; the capacity plan is recomputed from benchmarks/serve/results.json.
 - every alert defined in charts/sentimentops/files/monitoring/rules/ has a row in the alert table."""
 
 from __future__ import annotations
@@ -13,9 +19,7 @@ import copy
 import json
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,15 +31,22 @@ NAMESPACE = "sentimentops"
 SENTIMENTOPS = REPO / ".venv" / "bin" / "sentimentops"
 
 
-def commands() -> list[list[str]]:
+def commands(with_redirects: bool = False) -> list[list[str]]:
+    """Each command as words; a `> file` redirect is cut off (with_redirects keeps it, for files_written)."""
     text = RUNBOOK.read_text()
     lines = [line.strip() for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL) for line in block.splitlines()]
     cmds = []
     for line in lines:
         if line and not line.startswith("#"):
             for part in line.split(" && "):
-                cmds.append(shlex.split(part))
+                words = shlex.split(part)
+                cmds.append(words if with_redirects or ">" not in words else words[:words.index(">")])
     return cmds
+
+
+def files_written() -> set[str]:
+    """Files the runbook's commands write with `> file` (e.g. the terraform values file helm reads next)."""
+    return {c[c.index(">") + 1] for c in commands(with_redirects=True) if ">" in c}
 
 
 def by_tool(tool: str) -> list[list[str]]:
@@ -46,20 +57,47 @@ def flag_value(cmd: list[str], *names: str) -> list[str]:
     return [cmd[i + 1] for i, tok in enumerate(cmd[:-1]) if tok in names]
 
 
+def helm_sets(cmd: list[str]) -> dict[str, str]:
+    return dict(v.split("=", 1) for v in flag_value(cmd, "--set"))
+
+
+def _nested(dotted: dict[str, str]) -> dict:
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
 @pytest.fixture(scope="module")
 def chart_docs(tmp_path_factory) -> list[dict]:
+    """The chart as the runbook installs it: values-gke.yaml plus every `--set` of the runbook's helm commands (the
+    install's, then the first model's storage URI), so the InferenceService the kubectl lines name is rendered."""
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the infra extra)")
     chart = REPO / "charts" / "sentimentops"
     values = yaml.safe_load((REPO / "charts" / "sentimentops" / "values-gke.yaml").read_text())
+    for cmd in by_tool("helm"):
+        if cmd[1] == "upgrade":
+            values = _deep_merge(values, _nested(helm_sets(cmd)))
     out = helm.Chart.load(chart).render(values, name="sentimentops", namespace=NAMESPACE, is_install=True)
-    return [d for t in out.values() for d in yaml.safe_load_all(t) if d]
+    return [d for path, t in out.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
 
 
 def named(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
-KNOWN = {"sentimentops", "argo", "kubectl", "helm", "terraform", "gcloud", "make", "cd"}
+KNOWN = {"sentimentops", "argo", "kubectl", "helm", "terraform", "gcloud", "make"}
 
 
 def test_every_command_is_one_this_test_knows():
@@ -99,8 +137,13 @@ def test_argo_commands_name_the_rendered_template_and_chart_objects(chart_docs):
         params = {p["name"] for p in templates[name]["spec"]["arguments"]["parameters"]}
         for p in flag_value(cmd, "-p", "--parameter"):
             assert p.split("=")[0] in params, p
-        (sa,) = flag_value(cmd, "--serviceaccount")
-        assert sa in service_accounts
+        # The template names its own ServiceAccount; an explicit one must exist.
+        for sa in flag_value(cmd, "--serviceaccount"):
+            assert sa in service_accounts, sa
+    for cmd in by_tool("argo"):
+        for selector in flag_value(cmd, "-l"):
+            key, value = selector.split("=")
+            assert key == "workflows.argoproj.io/workflow-template" and value in templates, selector
 
 
 def test_kubectl_commands_name_chart_objects_and_patches_stay_valid(chart_docs):
@@ -110,6 +153,8 @@ def test_kubectl_commands_name_chart_objects_and_patches_stay_valid(chart_docs):
     services = named(chart_docs, "Service")
     assert by_tool("kubectl")
     for cmd in by_tool("kubectl"):
+        if cmd[1:3] == ["create", "secret"]:
+            continue  # test_secret_commands_create_the_tables_secrets
         assert flag_value(cmd, "-n", "--namespace") == [NAMESPACE], cmd
         if "isvc" in cmd:
             name = cmd[cmd.index("isvc") + 1].split("/")[-1]
@@ -135,16 +180,58 @@ def _merge(doc: dict, patch: dict) -> dict:
     return doc
 
 
-def test_helm_terraform_gcloud_make_lines_name_what_exists():
+def test_helm_lines_name_the_chart_its_values_and_the_platform_releases():
+    chart_values = yaml.safe_load((REPO / "charts" / "sentimentops" / "values.yaml").read_text())
+    releases = {r["name"]: r for r in platform_releases()}
+    written = files_written()
+    upgrades = [c for c in by_tool("helm") if c[1] == "upgrade"]
+    assert any("--install" in c for c in upgrades)
     for cmd in by_tool("helm"):
-        assert cmd[1:5] == ["upgrade", "--install", "sentimentops", "charts/sentimentops"]
-        for path in flag_value(cmd, "-f", "--values"):
-            assert (REPO / path).is_file(), path
-        assert flag_value(cmd, "--namespace", "-n") == [NAMESPACE]
-    tf_vars = (REPO / "terraform" / "variables.tf").read_text()
+        if cmd[1] == "upgrade":
+            args = [w for w in cmd[2:] if w != "--install"]
+            assert args[:2] == ["sentimentops", "charts/sentimentops"], cmd
+            assert flag_value(cmd, "--namespace", "-n") == [NAMESPACE]
+            for path in flag_value(cmd, "-f", "--values"):
+                assert (REPO / path).is_file() or path in written, path
+            for key in helm_sets(cmd):
+                assert _has_key(chart_values, key), f"--set {key}: not a key of charts/sentimentops/values.yaml"
+        elif cmd[1] == "status":
+            assert cmd[2] in releases, cmd
+            assert flag_value(cmd, "-n", "--namespace") == [releases[cmd[2]]["namespace"]], cmd
+        else:
+            assert cmd[1:] == ["list", "--all-namespaces"], cmd
+
+
+def _has_key(values: dict, dotted: str) -> bool:
+    node = values
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _terraform() -> dict[str, set[str]]:
+    text = "\n".join(p.read_text() for p in sorted((REPO / "terraform").glob("*.tf")))
+    return {"variable": set(re.findall(r'^variable "(\w+)"', text, re.MULTILINE)),
+            "output": set(re.findall(r'^output "(\w+)"', text, re.MULTILINE)),
+            "resource": {f"{t}.{n}" for t, n in re.findall(r'^resource "(\w+)" "(\w+)"', text, re.MULTILINE)}}
+
+
+def test_terraform_gcloud_make_lines_name_what_exists():
+    tf = _terraform()
+    assert by_tool("terraform")
     for cmd in by_tool("terraform"):
+        assert cmd[1] == "-chdir=terraform", cmd
+        assert cmd[2] in {"init", "apply", "output"}, cmd
         for var in flag_value(cmd, "-var"):
-            assert f'variable "{var.split("=")[0]}"' in tf_vars, var
+            assert var.split("=")[0] in tf["variable"], var
+        for target in (w.split("=", 1)[1] for w in cmd if w.startswith("-target=")):
+            assert target in tf["resource"], target
+        if cmd[2] == "output":
+            (name,) = [w for w in cmd[3:] if not w.startswith("-")]
+            assert name in tf["output"], name
+    tf_vars = (REPO / "terraform" / "variables.tf").read_text()
     for cmd in by_tool("gcloud"):
         assert cmd[1:4] == ["container", "clusters", "get-credentials"]
         assert re.search(rf'variable "cluster_name"[^}}]*default\s*=\s*"{cmd[4]}"', tf_vars, re.DOTALL)
@@ -153,7 +240,166 @@ def test_helm_terraform_gcloud_make_lines_name_what_exists():
     for cmd in by_tool("make"):
         for target in cmd[1:]:
             assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), target
-    assert all(c[1] == "terraform" for c in by_tool("cd"))
+
+
+def test_terraforms_chart_values_are_chart_keys_and_replace_every_placeholder():
+    """`terraform output -json chart_values` is the values file the runbook passes after values-gke.yaml: each of
+    its keys must be a chart value, and together they must replace every `your-project-id` placeholder."""
+    hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (the infra extra)")
+    with open(REPO / "terraform" / "outputs.tf") as fh:
+        outputs = {k: v for block in hcl2.load(fh)["output"] for k, v in block.items()}
+    value = outputs['"chart_values"' if '"chart_values"' in outputs else "chart_values"]["value"]
+
+    def leaves(node, prefix=""):
+        for key, sub in node.items():
+            key = key.strip('"')
+            if key == "__is_block__":
+                continue
+            path = f"{prefix}{key}"
+            if isinstance(sub, dict):
+                yield from leaves(sub, path + ".")
+            else:
+                yield path
+
+    from_terraform = set(leaves(value))
+    chart_values = yaml.safe_load((REPO / "charts" / "sentimentops" / "values.yaml").read_text())
+    for key in from_terraform:
+        assert _has_key(chart_values, key), f"terraform chart_values.{key} is not a chart value"
+    gke = yaml.safe_load((REPO / "charts" / "sentimentops" / "values-gke.yaml").read_text())
+    placeholders = {path for path, leaf in _flatten(gke) if "your-project-id" in str(leaf)}
+    assert placeholders, "values-gke.yaml has no placeholder left to check"
+    assert placeholders <= from_terraform, f"placeholders terraform does not set: {placeholders - from_terraform}"
+    assert any("chart_values" in c and ">" in c for c in commands(with_redirects=True))
+
+
+def _flatten(node, prefix=""):
+    for key, sub in node.items():
+        if isinstance(sub, dict):
+            yield from _flatten(sub, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", sub
+
+
+# ---- the tables ---------------------------------------------------------------------------------------------------
+
+def platform_releases() -> list[dict]:
+    doc = yaml.safe_load((REPO / "charts" / "platform" / "versions.yaml").read_text())
+    return [r for r in doc["releases"] if "gke" in r.get("targets", ["gke"])]
+
+
+def table_rows(first_header: str) -> list[list[str]]:
+    """Rows of the markdown table whose header starts with first_header."""
+    lines = RUNBOOK.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"\|\s*{re.escape(first_header)}\s*\|", line))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_the_platform_table_is_versions_yaml():
+    rows = table_rows("release")
+    expected = [[r["name"], r["namespace"], f'{r["repository"] or "charts/platform"}/{r["chart"]}', r["version"]]
+                for r in platform_releases()]
+    assert rows == expected
+
+
+def operator_secrets() -> dict[tuple[str, str], set[str]]:
+    """(namespace, name) -> keys, from the table between the operator-secrets markers."""
+    text = RUNBOOK.read_text()
+    block = text[text.index("<!-- operator-secrets: begin -->"):text.index("<!-- operator-secrets: end -->")]
+    assert block.count("| object |") == 1
+    out = {}
+    for row in table_rows("object"):
+        name, kind, namespace, keys = row[0].strip("`"), row[1], row[2], row[3]
+        assert kind == "Secret", row
+        out[(namespace, name)] = {k.strip() for k in keys.split(",")}
+    return out
+
+
+def test_secret_commands_create_the_tables_secrets():
+    table = operator_secrets()
+    created: dict[tuple[str, str], set[str]] = {}
+    for cmd in by_tool("kubectl"):
+        if cmd[1:4] == ["create", "secret", "generic"]:
+            (namespace,) = flag_value(cmd, "-n", "--namespace")
+            keys = {v.split("=")[0] for v in flag_value(cmd, "--from-file", "--from-literal")}
+            keys |= {w.split("=")[1] for w in cmd if w.startswith(("--from-file=", "--from-literal="))}
+            created[(namespace, cmd[4])] = keys
+    assert created == table
+
+
+def _secret_refs(node, found: set[tuple[str, str | None]]) -> set[tuple[str, str | None]]:
+    """(Secret name, key) pairs a manifest reads: env secretKeyRef, volumes' secretName, Argo Events' authSecret."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in {"secretKeyRef", "authSecret"} and isinstance(value, dict):
+                found.add((value["name"], value.get("key")))
+            elif key == "secretName" and isinstance(value, str):
+                found.add((value, None))
+            else:
+                _secret_refs(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _secret_refs(item, found)
+    return found
+
+
+def test_the_operator_secrets_cover_what_the_chart_and_alertmanager_read(chart_docs):
+    table = operator_secrets()
+    created_by_chart = {d["metadata"]["name"] for d in chart_docs if d["kind"] == "Secret"}
+    refs = {(name, key) for d in chart_docs for name, key in _secret_refs(d, set())}
+    # The MLflow server reads its backend store URI from a Secret through an env secretKeyRef.
+    assert any(name.endswith("mlflow-db") for name, _ in refs), refs
+    for name, key in refs:
+        if name in created_by_chart:
+            continue
+        assert (NAMESPACE, name) in table, f"the chart reads Secret {name} nobody creates"
+        assert key is None or key in table[(NAMESPACE, name)], (name, key)
+    monitoring = next(r["namespace"] for r in platform_releases() if r["name"] == "kube-prometheus-stack")
+    config = (REPO / "charts" / "sentimentops" / "files" / "monitoring" / "alertmanager" / "alertmanager.yaml").read_text()
+    for name, key in re.findall(r"/etc/alertmanager/secrets/([a-z0-9-]+)/([a-z0-9-]+)", config):
+        assert key in table.get((monitoring, name), set()), f"Alertmanager reads {name}/{key} in {monitoring}"
+
+
+def capacity_inputs() -> dict[str, float]:
+    return {row[0]: float(row[1]) for row in table_rows("input")}
+
+
+def test_the_capacity_plan_follows_from_the_measured_benchmark():
+    import json
+    import math
+
+    bench = json.loads((REPO / "benchmarks" / "serve" / "results.json").read_text())
+    project = next(r for r in bench["results"] if r["server"] == "project")["scenarios"]
+    cores = bench["machine"]["cores"]
+    # The highest measured full-review rate whose p99 meets the 500 ms SLO.
+    at_slo = [s for name, s in project.items() if name.startswith("full") and s["p99_ms"] < 500]
+    slo_rate = max(s["rps"] for s in at_slo)
+    text = RUNBOOK.read_text()
+    assert f"{slo_rate} req/s" in text and f"{cores} cores" in text
+    # The chart gives each predictor the cores the benchmark had.
+    limits = yaml.safe_load((REPO / "charts" / "sentimentops" / "values.yaml").read_text())
+    assert float(limits["inferenceService"]["resources"]["limits"]["cpu"]) == cores
+    inputs = capacity_inputs()
+    rate, headroom = inputs.pop("request_rate"), inputs.pop("headroom")
+    assert 0 < headroom <= 1
+    rows = table_rows("node type")
+    assert [r[0] for r in rows] == list(inputs), "one plan row per priced node type"
+    tf_vars = (REPO / "terraform" / "variables.tf").read_text()
+    default_type = re.search(r'variable "cpu_machine_type".*?default\s*=\s*"([^"]+)"', tf_vars, re.DOTALL).group(1)
+    assert default_type in inputs
+    for row in rows:
+        node_type, vcpus = row[0], int(row[1])
+        assert node_type.startswith("e2-standard-") and vcpus == int(node_type.rsplit("-", 1)[1])
+        replicas = math.ceil(rate / (slo_rate * headroom))
+        per_node = vcpus // cores
+        nodes = math.ceil(replicas / per_node)
+        per_hour = nodes * inputs[node_type]
+        per_million = per_hour / (rate * 3600) * 1e6
+        assert row[2:] == [str(replicas), str(per_node), str(nodes), f"{per_hour:.2f}", f"{per_million:.2f}"], row
 
 
 def test_every_alert_has_a_runbook_entry():

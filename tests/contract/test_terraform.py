@@ -170,7 +170,11 @@ def test_one_gsa_per_role_bound_to_the_charts_kubernetes_service_accounts(tf):
     roles = locals_(tf)["workload_roles"]
     values = yaml.safe_load(CHART_VALUES.read_text())["serviceAccounts"]
     gke = yaml.safe_load(CHART_GKE_VALUES.read_text())["serviceAccounts"]
-    assert set(roles) == set(values) == set(gke) == {"training", "serving", "pipeline", "mlflow"}
+    # Every chart ServiceAccount with a Google identity on GKE has its GSA here; the others (the Sensor's) have none.
+    with_identity = {role for role, spec in gke.items() if spec.get("gcpServiceAccount")}
+    assert set(roles) == with_identity == {"training", "serving", "pipeline", "mlflow"}
+    assert set(roles) <= set(values) and set(values) == set(gke)
+    assert not any(values[role].get("gcpServiceAccount") for role in set(values) - set(roles))
     for role, spec in roles.items():
         assert spec["ksa"] == values[role]["name"] == gke[role]["name"], role
         account_id = resources(tf, "google_service_account")["workload"]["account_id"].replace("${each.key}", role)
@@ -200,8 +204,29 @@ def test_variables_are_typed_described_and_validated(tf):
             "master_authorized_cidrs"} <= validated
     outputs = {n: b for block in tf.get("output", []) for n, b in block.items()}
     assert {"service_accounts", "buckets", "image_registry", "github_workload_identity_provider",
-            "github_service_account", "cluster_name"} <= set(outputs)
+            "github_service_account", "cluster_name", "argo_artifact_bucket", "dvc_remote",
+            "mlflow_artifacts_destination", "namespace", "deploy_role", "platform_releases",
+            "chart_values"} <= set(outputs)
+    assert outputs["argo_artifact_bucket"]["value"] == '${google_storage_bucket.data["argo"].name}'
+    assert outputs["chart_values"]["value"]["argo"]["artifactRepository"]["gcs"]["bucket"] == \
+        outputs["argo_artifact_bucket"]["value"]
     assert all(b.get("description") for b in outputs.values())
+
+
+def test_in_cluster_providers_use_the_callers_short_lived_token_from_the_cluster_terraform_creates(tf):
+    """helm and kubernetes talk to the cluster above with the caller's OAuth token (google_client_config): no
+    kubeconfig file, no client certificate, nothing static."""
+    providers = {name: body for block in tf.get("provider", []) for name, body in block.items()}
+    endpoint = "https://${google_container_cluster.primary.endpoint}"
+    ca = "${base64decode(google_container_cluster.primary.master_auth[0].cluster_ca_certificate)}"
+    token = "${data.google_client_config.current.access_token}"
+    kube = providers["kubernetes"]
+    helm = providers["helm"]["kubernetes"]
+    for cfg in (kube, helm):
+        assert (cfg["host"], cfg["cluster_ca_certificate"], cfg["token"]) == (endpoint, ca, token)
+        assert not {"config_path", "client_certificate", "client_key", "username", "password"} & set(cfg)
+    required = {k: v for block in tf["terraform"] for rp in block["required_providers"] for k, v in rp.items()}
+    assert {"google", "helm", "kubernetes"} <= set(required)
 
 
 def test_gpu_type_validation_rejects_unknown_accelerators(tf):
