@@ -111,10 +111,22 @@ images-constraints: install
 	  | grep -v ' @ ' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' | sort -f; } > images/constraints.txt.new
 	mv images/constraints.txt.new images/constraints.txt
 
-## make e2e (opt-in): kind cluster + Argo Workflows + KServe (raw) + kube-prometheus-stack + this chart, a tiny
-## training run, and a prediction from the InferenceService. Needs docker or podman, kind, helm, kubectl, argo.
-e2e: install
-	bash scripts/e2e/run.sh
+## make e2e (opt-in, about 60 min; .github/workflows/e2e.yml runs it): a kind cluster, the platform of
+## charts/platform/versions.yaml, every image built, this chart; a training from the WorkflowTemplate, the
+## InferenceService answering V1 and V2, a second training promoted through the canary, a drift POST starting a
+## workflow. Needs docker or podman, kind, helm, kubectl, argo (versions.yaml `tools`), curl, internet access.
+## `E2E_DRY_RUN=1 bash scripts/e2e/run.sh` prints its plan instead (tests/contract/test_e2e_plan.py).
+# The harness's own venv: scripts/e2e/plan.py needs PyYAML, helm-python-sdk (the infra extra's pin) and the package
+# (the rollout's canary name), not the stages' torch.
+E2E_VENV ?= .venv-e2e
+$(E2E_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(E2E_VENV)
+	echo '*' > $(E2E_VENV)/.gitignore
+	$(E2E_VENV)/bin/python -m pip install -q -e '.[infra]'
+	touch $@
+
+e2e: $(E2E_VENV)/.installed
+	E2E_PYTHON=$(E2E_VENV)/bin/python bash scripts/e2e/run.sh
 
 ## ---- serving: steps/serve/, Dockerfile.serve, benchmarks/serve/ ----
 .PHONY: image-test serve-bench serve-fuzz

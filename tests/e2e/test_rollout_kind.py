@@ -6,8 +6,9 @@ InferenceService, champion moved) and a faulty one rolled back.
 
 It needs a container engine, kind, kubectl, helm and an API server, none of which can run on the development
 machines (docs/measurements.md, Containers and cluster: no Docker engine, no kind, no cluster), so it skips
-there with the reason. `make e2e` (scripts/e2e/run.sh, owned by the infra work) creates the cluster and sets
-SENTIMENTOPS_E2E_KUBECONFIG.
+there with the reason. It runs against the cluster `make e2e` (scripts/e2e/run.sh) leaves behind: kind cluster
+`sentimentops` (E2E_CLUSTER), kubectl context `kind-<cluster>`, the images the harness loaded
+(scripts/e2e/values-kind.yaml image.registry and image.tag).
 """
 from __future__ import annotations
 
@@ -15,11 +16,20 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.cluster
-NAMESPACE = os.environ.get("SENTIMENTOPS_E2E_NAMESPACE", "sentimentops")
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "sentimentops"  # scripts/e2e/run.sh NS
+CLUSTER = os.environ.get("E2E_CLUSTER", "sentimentops")
+CONTEXT = f"kind-{CLUSTER}"  # the kubectl context `kind create cluster` writes
+IMAGE = yaml.safe_load((REPO / "scripts" / "e2e" / "values-kind.yaml").read_text())["image"]
+ROLLOUT_IMAGE = f"{IMAGE['registry']}/sentimentops-rollout:{IMAGE['tag']}"
+# The chart's MLflow Service (templates/_helpers.tpl sentimentops.mlflowUri): the gke profile names no server.
+MLFLOW = f"http://mlflow.{NAMESPACE}.svc.cluster.local:5000"
 
 
 def _missing() -> str | None:
@@ -28,8 +38,9 @@ def _missing() -> str | None:
         tools.append("a container engine (docker or podman)")
     if tools:
         return f"no {', '.join(tools)} on this machine"
-    if not os.environ.get("SENTIMENTOPS_E2E_KUBECONFIG"):
-        return "no API server: set SENTIMENTOPS_E2E_KUBECONFIG to a kind cluster with the chart installed"
+    clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, check=False, timeout=60)
+    if CLUSTER not in clusters.stdout.split():
+        return f"no kind cluster {CLUSTER!r}: run `make e2e` first (it leaves the cluster up)"
     return None
 
 
@@ -38,17 +49,15 @@ if (reason := _missing()) is not None:
 
 
 def kubectl(*args: str) -> str:
-    env = {**os.environ, "KUBECONFIG": os.environ["SENTIMENTOPS_E2E_KUBECONFIG"]}
-    return subprocess.run(["kubectl", "-n", NAMESPACE, *args], env=env, check=True, capture_output=True,
+    return subprocess.run(["kubectl", "--context", CONTEXT, "-n", NAMESPACE, *args], check=True, capture_output=True,
                           text=True, timeout=300).stdout
 
 
 def rollout_job(name: str, *args: str) -> None:
     """`sentimentops rollout ...` in a pod running as the rollout ServiceAccount (the RBAC under test)."""
     overrides = {"spec": {"serviceAccountName": "sentimentops-pipeline"}}
-    kubectl("run", name, "--restart=Never", "--image", os.environ.get("SENTIMENTOPS_E2E_ROLLOUT_IMAGE",
-                                                                        "sentimentops-rollout:e2e"),
-            f"--overrides={json.dumps(overrides)}", "--env=SENTIMENTOPS_PROFILE=gke", "--command", "--",
+    kubectl("run", name, "--restart=Never", "--image", ROLLOUT_IMAGE, f"--overrides={json.dumps(overrides)}",
+            "--env=SENTIMENTOPS_PROFILE=gke", f"--env=SENTIMENTOPS_MLFLOW_TRACKING_URI={MLFLOW}", "--command", "--",
             "sentimentops", "rollout", *args)
     kubectl("wait", f"pod/{name}", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=900s")
 
@@ -74,8 +83,7 @@ def test_rollout_service_account_cannot_delete_or_list_other_objects():
     assert kubectl("auth", "can-i", "patch", "inferenceservice/sentiment",
                    "--as=system:serviceaccount:sentimentops:sentimentops-pipeline").strip() == "yes"
     for verb, what in (("delete", "inferenceservice/sentiment"), ("list", "secrets"), ("patch", "deployments")):
-        done = subprocess.run(["kubectl", "-n", NAMESPACE, "auth", "can-i", verb, what,
+        done = subprocess.run(["kubectl", "--context", CONTEXT, "-n", NAMESPACE, "auth", "can-i", verb, what,
                                "--as=system:serviceaccount:sentimentops:sentimentops-pipeline"],
-                              env={**os.environ, "KUBECONFIG": os.environ["SENTIMENTOPS_E2E_KUBECONFIG"]},
                               capture_output=True, text=True, check=False)
         assert done.stdout.strip() == "no", (verb, what)
