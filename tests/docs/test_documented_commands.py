@@ -168,7 +168,7 @@ def test_every_local_command_in_the_docs_is_tested_as_written():
     commands = doc_commands()
     local = [c for c in commands if not c.cluster]
     assert len(commands) >= 30 and len(local) >= 15, [c.key for c in commands]  # the extraction found the blocks
-    assert any(c.cluster and c.key.startswith("cd terraform && terraform init") for c in commands)
+    assert any(c.cluster and c.key.startswith("terraform -chdir=terraform init") for c in commands)
     untested = [f"{c.doc}:{c.line}: {c.key}" for c in local if c.key not in TESTED and c.key not in EXCLUDED]
     assert not untested, ("documented local commands without a test that runs them as written (add one and list it "
                           "in TESTED, or in EXCLUDED with where it is covered):\n" + "\n".join(untested))
