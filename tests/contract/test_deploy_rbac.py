@@ -26,13 +26,14 @@ import re
 from pathlib import Path
 
 import pytest
+import terraform_hcl
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sentimentops"
 TF = REPO / "terraform"
 NAMESPACE = "sentimentops"
-INFRA_HINT = "install the infra extra: .venv/bin/pip install -e '.[infra]'"
+INFRA_HINT = terraform_hcl.INFRA_HINT
 
 HELM_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 RELEASE_STORE_VERBS = {"get", "list", "create", "update", "delete"}
@@ -114,25 +115,10 @@ def rendered_kinds(renders: dict[str, list[dict]]) -> set[tuple[str, str, str]]:
 
 # ---- the deploy Role, parsed from terraform ---------------------------------------------------------------------
 
-def _clean(node):
-    if isinstance(node, dict):
-        return {_clean(k): _clean(v) for k, v in node.items() if k != "__is_block__"}
-    if isinstance(node, list):
-        return [_clean(v) for v in node]
-    if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
-        return node[1:-1]
-    return node
-
-
 @pytest.fixture(scope="module")
 def tf() -> dict[str, list]:
-    hcl2 = pytest.importorskip("hcl2", reason=f"python-hcl2 is not installed ({INFRA_HINT})")
-    merged: dict[str, list] = {}
-    for path in sorted(TF.glob("*.tf")):
-        with open(path) as fh:
-            for key, blocks in _clean(hcl2.load(fh)).items():
-                merged.setdefault(key, []).extend(blocks)
-    return merged
+    """All .tf files merged: {'resource': [...], 'variable': [...], ...}."""
+    return terraform_hcl.load()
 
 
 def _resources(tf: dict, rtype: str) -> dict[str, dict]:

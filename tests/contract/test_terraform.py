@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import terraform_hcl
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,30 +22,13 @@ TF = REPO / "terraform"
 CHART_VALUES = REPO / "charts" / "sentimentops" / "values.yaml"
 CHART_GKE_VALUES = REPO / "charts" / "sentimentops" / "values-gke.yaml"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
-INFRA_HINT = "install the infra extra: .venv/bin/pip install -e '.[infra]'"
-
-
-def _clean(node):
-    """python-hcl2 keeps HCL quotes (`"\\"gpu-pool\\""`) and `__is_block__` markers: strip both."""
-    if isinstance(node, dict):
-        return {_clean(k): _clean(v) for k, v in node.items() if k != "__is_block__"}
-    if isinstance(node, list):
-        return [_clean(v) for v in node]
-    if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
-        return node[1:-1]
-    return node
+INFRA_HINT = terraform_hcl.INFRA_HINT
 
 
 @pytest.fixture(scope="module")
 def tf() -> dict[str, list]:
     """All .tf files merged: {'resource': [...], 'variable': [...], ...}."""
-    hcl2 = pytest.importorskip("hcl2", reason=f"python-hcl2 is not installed ({INFRA_HINT})")
-    merged: dict[str, list] = {}
-    for path in sorted(TF.glob("*.tf")):
-        with open(path) as fh:
-            for key, blocks in _clean(hcl2.load(fh)).items():
-                merged.setdefault(key, []).extend(blocks)
-    return merged
+    return terraform_hcl.load()
 
 
 def resources(tf: dict, rtype: str) -> dict[str, dict]:
