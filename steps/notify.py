@@ -83,8 +83,14 @@ def parse_failures(text: str) -> tuple[tuple[Failure, ...], str | None]:
         return (), None
     try:
         items = json.loads(text)
+        # Argo hands the list over strconv.Quote'd (operator.go: "so that the escaped quotes are not removed during
+        # parameter substitution"): the argument is a JSON string holding the JSON list, or holding `null`.
+        if isinstance(items, str):
+            items = json.loads(items) if items.strip() else None
     except ValueError as err:
         return (), f"not JSON ({err})"
+    if items is None:
+        return (), None
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         return (), f"expected a JSON list of objects, got {type(items).__name__}"
     found = [Failure(task=str(i.get("displayName") or i.get("podName") or "?"), template=str(i.get("templateName")

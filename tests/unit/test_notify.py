@@ -42,9 +42,23 @@ def test_argos_failures_become_one_line_per_failed_task():
     assert failures == (notify.Failure("train", "train", "Failed", "Error (exit code 3)"),)
 
 
-@pytest.mark.parametrize("text", ["", "null", "  null\n", "[]"])
+def test_argos_quoted_failures_as_the_runner_and_the_controller_pass_them():
+    """The controller strconv.Quote's the list before substitution, so the argument is a JSON string holding it; the
+    local runner's exit handler builds that same text (workflows/runner/exit_handler.py)."""
+    from sentimentops.workflows.runner.exit_handler import FailedNode, failures_value
+
+    failures, problem = notify.parse_failures(json.dumps(ARGO_FAILURES))
+    assert problem is None and [f.task for f in failures] == ["train"]
+    local = failures_value([FailedNode("rollout/analyse", "analyse", "Failed", "exit code 3: see analyse/log.txt",
+                                       "2026-11-30T14:00:00+00:00")])
+    assert notify.parse_failures(local) == ((notify.Failure("analyse", "analyse", "Failed",
+                                                            "exit code 3: see analyse/log.txt"),), None)
+    assert notify.parse_failures(failures_value([])) == ((), None)
+
+
+@pytest.mark.parametrize("text", ["", "null", "  null\n", "[]", '"null"', '""'])
 def test_no_failures(text):
-    """Argo marshals a nil Go slice when nothing failed: the JSON `null`."""
+    """Argo marshals a nil Go slice when nothing failed: the JSON `null` (quoted, as the controller passes it)."""
     assert notify.parse_failures(text) == ((), None)
 
 
