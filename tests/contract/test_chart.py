@@ -167,6 +167,16 @@ def test_every_document_passes_strict_validation(rendered):
             "InferenceService"} <= kinds
 
 
+def test_a_one_server_event_bus_asks_for_one_stream_replica(chart):
+    """Unclustered (one server) JetStream refuses a stream with more replicas than servers, and Argo Events' controller
+    config (argo-helm) asks for 3: a one-replica bus (kind) must say 1 in its own streamConfig, a cluster of 3 not."""
+    single = one(render(chart, {"eventBus": {"jetstream": {"replicas": 1}}}), "EventBus")
+    assert yaml.safe_load(single["spec"]["jetstream"]["streamConfig"]) == {"replicas": 1}
+    assert crd_errors(single) == []
+    assert "streamConfig" not in one(render(chart, {"eventBus": {"jetstream": {"replicas": 3}}}), "EventBus")["spec"][
+        "jetstream"]
+
+
 def test_the_strict_checks_reject_a_misspelled_field(rendered):
     # The checks above would pass anything if they were not strict: each one rejects an unknown field.
     _, docs = rendered

@@ -133,6 +133,32 @@ def test_the_platform_is_installed_from_versions_yaml_in_its_order(plan):
                    for f in files)
 
 
+def _quantity(text: str) -> float:
+    """A Kubernetes quantity as a number (cores or bytes): 500m, 4, 1Gi, 16Gi."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if str(text).endswith(suffix):
+            return float(str(text)[: -len(suffix)]) * factor
+    return float(text)
+
+
+def test_every_step_pod_fits_the_one_kind_node_of_a_github_runner():
+    """The templates size train and evaluate for GKE's pools (4 CPU/16Gi, 2 CPU/8Gi); ubuntu-latest has 4 vCPU and
+    16 GB, shared with the platform: the kind workflow defaults must lower every step's requests, or train stays
+    Pending until its deadline."""
+    runner_cpu, runner_memory = 4, 16e9
+    rendered = [yaml.safe_load(p.read_text()) for p in RENDERED.glob("*.yaml")]
+    asked = [t["container"]["resources"]["requests"] for d in rendered if d["kind"] == "WorkflowTemplate"
+             for t in d["spec"]["templates"] if "container" in t and t["container"].get("resources")]
+    assert any(_quantity(r["memory"]) > runner_memory / 2 for r in asked), "the templates no longer ask for much"
+    defaults = yaml.safe_load((E2E / "platform" / "argo-workflows.yaml").read_text())["controller"]["workflowDefaults"]
+    patch = yaml.safe_load(defaults["spec"]["podSpecPatch"])
+    (main,) = [c for c in patch["containers"] if c["name"] == "main"]
+    requests = main["resources"]["requests"]
+    assert _quantity(requests["cpu"]) <= runner_cpu / 4 and _quantity(requests["memory"]) <= runner_memory / 8, \
+        requests
+
+
 def test_kind_overrides_name_real_releases_and_stay_small():
     names = {r["name"] for r in versions()["releases"]}
     for path in (E2E / "platform").glob("*.yaml"):

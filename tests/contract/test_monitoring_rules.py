@@ -259,6 +259,9 @@ def test_drift_is_the_only_route_to_the_retraining_webhook_and_it_reaches_the_ch
     to_webhook = [r for r in routes if r["receiver"] == "retrain-webhook"]
     assert [r["matchers"] for r in to_webhook] == [['action="retrain"']]
     assert to_webhook[0]["continue"] is True
+    # One retrain per drift episode and day: a changed group (a second drifting feature, a flap) is re-sent after
+    # group_interval, a still-firing one after repeat_interval; each send is a submission the Sensor queues.
+    assert to_webhook[0]["group_interval"] == to_webhook[0]["repeat_interval"] == "24h"
     assert {name for name, rule in alerts().items() if rule["labels"].get("action") == "retrain"} == {"DataDrift"}
     (hook,) = next(r for r in config["receivers"] if r["name"] == "retrain-webhook")["webhook_configs"]
     assert hook["send_resolved"] is False

@@ -218,3 +218,44 @@ def test_kserve_runs_in_the_mode_the_gke_values_use():
     controller = values_of("kserve")["kserve"]["controller"]["deploymentMode"]
     # KServe v0.20 renamed Serverless -> Knative (the old name is a deprecated alias, pkg/constants LegacyServerless).
     assert {mode, controller} <= {"Serverless", "Knative"}, (mode, controller)
+
+
+def _walk(node, path=()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, (*path, i))
+    else:
+        yield path, node
+
+
+def test_knative_enables_the_pod_spec_features_the_serverless_predictor_uses():
+    """KServe (Knative mode) copies the predictor's pod spec into a Knative Service, and Knative's webhook refuses
+    env fieldRef and a pod securityContext unless their feature flags are on (both ship disabled): a predictor that
+    uses either never becomes a Knative Service. What the GKE render uses, the KnativeServing must enable."""
+    helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the infra extra)")
+    chart = REPO / "charts" / "sentimentops"
+    gke = yaml.safe_load((chart / "values-gke.yaml").read_text())
+    gke["inferenceService"] = {**gke["inferenceService"], "storageUri": "gs://bucket/artifacts/1", "modelVersion": "1"}
+    out = helm.Chart.load(chart).render(gke, name="sentimentops", namespace="sentimentops", is_install=True)
+    docs = [d for path, text in out.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+    serving = [d for d in docs if d["kind"] in ("ServingRuntime", "InferenceService")]
+    assert {d["kind"] for d in serving} == {"ServingRuntime", "InferenceService"}
+    used = set()
+    for d in serving:
+        for path, _ in _walk(d["spec"]):
+            if "fieldRef" in path:
+                used.add("kubernetes.podspec-fieldref")
+        isvc_context = d["kind"] == "InferenceService" and d["spec"]["predictor"].get("securityContext")
+        runtime_context = d["kind"] == "ServingRuntime" and d["spec"].get("securityContext")
+        if isvc_context or runtime_context:
+            used.add("kubernetes.podspec-securitycontext")
+    assert used == {"kubernetes.podspec-fieldref", "kubernetes.podspec-securitycontext"}, used  # what it uses today
+    r = by_name()["knative-serving"]
+    rendered = helm.Chart.load(PLATFORM / r["chart"]).render({**values_of(r["name"]), "version": r["version"]},
+                                                            name=r["name"], namespace=r["namespace"], is_install=True)
+    (knative,) = [d for text in rendered.values() for d in yaml.safe_load_all(text) if d and d["kind"] == "KnativeServing"]
+    features = knative["spec"]["config"].get("features", {})
+    assert {flag for flag in used if features.get(flag) != "enabled"} == set(), features

@@ -75,7 +75,7 @@ def behaviour_params() -> list[WorkflowParam]:
     return [
         WorkflowParam("canary-percent", "10", "Share of traffic for the canary while it soaks (0-100)"),
         WorkflowParam("soak", "30m", f"How long the canary must prove itself before promotion (e.g. 30m, 1h; at "
-                      f"most {MAX_SOAK}: the analysis step's deadline)"),
+                      f"most {MAX_SOAK}: the analysis step's deadline covers that, the readiness wait and a margin)"),
         WorkflowParam("interval", "1m", "Analysis interval, also the PromQL window of each analysis"),
         WorkflowParam("target", "kserve", "Where to roll out: the KServe InferenceService, or local processes",
                       ("kserve", "local")),

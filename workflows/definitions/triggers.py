@@ -71,9 +71,9 @@ EVENT_FILTERS = EventDependencyFilter(
 )
 # At most one submission per hour. Argo Events' rate limiter (go.uber.org/ratelimit, `Take()` in
 # triggerWithRateLimit) spaces triggers out rather than dropping them: a burst of events becomes one retrain now and
-# the rest an hour apart, each queued behind the `sentiment-training` mutex. One drift episode reaches the webhook
-# once (one caller: Alertmanager, grouped, repeat_interval in its route), so the limit is a guard against a storm,
-# not the deduplication itself.
+# the rest an hour apart, each queued behind the `sentiment-training` mutex (and lost if the Sensor restarts). One
+# drift episode reaches the webhook once a day at most (one caller: Alertmanager, grouped, with group_interval and
+# repeat_interval of 24h on its retrain route), so the limit is a guard against a storm, not the deduplication.
 RATE_LIMIT = RateLimit(unit="Hour", requests_per_unit=1)
 # The reason from either body: drift watch sends {"reason": ...}; Alertmanager sends {"alerts": [{annotations:
 # {summary}}]}. Go template with sprig (Argo Events dataTemplate); `.Input` is the event payload.
