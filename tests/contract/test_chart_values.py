@@ -206,7 +206,7 @@ def test_the_event_bus(chart, other):
     assert not by_kind(render(chart, {"eventBus": {"create": False}}), "EventBus")
     assert not by_kind(render(chart, {"workflows": {"kinds": ["WorkflowTemplate", "CronWorkflow"]}}), "EventBus")
     single = one(render(chart, {"eventBus": {"jetstream": {"replicas": 1, "version": "2.9.16"}}}), "EventBus")
-    assert single["spec"]["jetstream"] == {"version": "2.9.16", "replicas": 1}
+    assert single["spec"]["jetstream"] == {"version": "2.9.16", "replicas": 1, "streamConfig": "replicas: 1\n"}
 
 
 # ---- KServe -----------------------------------------------------------------------------------------------------
