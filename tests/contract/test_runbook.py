@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from wiring_refs import get_dotted
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOK = REPO / "docs" / "runbook.md"
@@ -202,13 +203,11 @@ def test_helm_lines_name_the_chart_its_values_and_the_platform_releases():
             assert cmd[1:] == ["list", "--all-namespaces"], cmd
 
 
+_ABSENT = object()
+
+
 def _has_key(values: dict, dotted: str) -> bool:
-    node = values
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return get_dotted(values, dotted, _ABSENT) is not _ABSENT
 
 
 def _terraform() -> dict[str, set[str]]:
