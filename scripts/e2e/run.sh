@@ -5,7 +5,7 @@
 #      GKE (kind-only value overrides: scripts/e2e/platform/<release>.yaml); Argo's quick-start MinIO as the artifact
 #      store, at the Argo CLI's version
 #   3. every image the rendered templates and the chart use (scripts/e2e/plan.py images: derived, not listed here),
-#      built and loaded into kind
+#      built with this commit as GIT_SHA and loaded into kind
 #   4. charts/sentimentops with scripts/e2e/values-kind.yaml (no model exists yet: the InferenceService comes in 6)
 #   5. a training submitted from the WorkflowTemplate sentiment-training (rollout=skip: nothing serves yet), Succeeded
 #   6. the chart upgraded with the InferenceService serving that version; Ready; V1 and V2 answered
@@ -138,8 +138,12 @@ run kubectl apply -n "$MINIO_NS" -k "https://github.com/argoproj/argo-workflows/
 run kubectl -n "$MINIO_NS" rollout status deploy/minio --timeout=5m
 
 log "3. images -> kind"
+# The commit every image is built from, as CI passes github.sha (.github/workflows/images.yml): the images bake it in
+# as SENTIMENTOPS_GIT_SHA, the steps record it as their git_sha (.git is not in the build context).
+capture GIT_SHA git rev-parse HEAD
 while IFS=$'\t' read -r image dockerfile; do
-  args=("$ENGINE" build -f "$dockerfile" -t "$REG/sentimentops-$image:$TAG" --build-arg "BASE_IMAGE=$REG/sentimentops-base:$TAG")
+  args=("$ENGINE" build -f "$dockerfile" -t "$REG/sentimentops-$image:$TAG" --build-arg "BASE_IMAGE=$REG/sentimentops-base:$TAG"
+    --build-arg "GIT_SHA=$GIT_SHA")
   # No GPU on kind: the train image gets the CPU torch wheel (Dockerfile.train's TORCH_INDEX_URL).
   [ "$image" = train ] && args+=(--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)
   run "${args[@]}" .

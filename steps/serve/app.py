@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sentimentops.steps.core.contract import label_of
 from sentimentops.steps.core.explain import Explainer, Explanation, WordWeight, backend_scorer
 from sentimentops.steps.core.logs import get_logger
+from sentimentops.steps.core.manifests import git_sha
 from sentimentops.steps.core.psi import RECORD_DECIMALS
 from sentimentops.steps.serve import faults
 from sentimentops.steps.serve.errors import (
@@ -326,10 +327,15 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             return fail(exc)[0]
         return JSONResponse(body())
 
+    # The commit the predictor's code came from (SENTIMENTOPS_GIT_SHA, baked into the image by Dockerfile.serve's
+    # GIT_SHA build argument), read once: the last link of response -> model version -> run -> dataset -> commit.
+    code_sha = git_sha()
+
     @app.get("/health", tags=["plain"])
     async def health():
         return readiness(lambda: {"status": "ready", "model_name": model.info.name,
-                                  "model_version": model.info.version, "backend": model.backend_name})
+                                  "model_version": model.info.version, "backend": model.backend_name,
+                                  "git_sha": code_sha})
 
     @app.get("/", tags=["v1"])
     async def root_live():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make image-test` (opt-in, root, needs apt and PyPI): build Dockerfile.serve with podman, start the predictor in
 # it over a tiny registered-layout model folder (read-only root, non-root, --network=none), call
-# /v2/health/ready and a V1 + V2 prediction from inside the container's own loopback, stop it with SIGTERM
+# /v2/health/ready and a V1 + V2 prediction from inside the container's own loopback, check that /health and the
+# image's OCI label report the commit it was built from (the GIT_SHA build argument), stop it with SIGTERM
 # (drain, exit 0), and print the image size.
 # podman set-up and the Debian Python base: images/podman-env.sh.
 set -euo pipefail
@@ -12,8 +13,13 @@ NAME=sentimentops-serve-test
 # shellcheck source=images/podman-env.sh
 source "$REPO/images/podman-env.sh"
 
+# The commit, as CI passes github.sha (.github/workflows/images.yml): .git is not in the build context.
+GIT_SHA=$(git -C "$REPO" rev-parse HEAD) || { echo "image-test: $REPO is not a git checkout" >&2; exit 2; }
 podman build --network=host --layers -f Dockerfile.serve "${MOUNTS[@]}" --build-arg "PYTHON_IMAGE=$BASE_PY" \
-  -t "$IMAGE" "$REPO"
+  --build-arg "GIT_SHA=$GIT_SHA" -t "$IMAGE" "$REPO"
+revision=$(podman image inspect --format '{{index .Labels "org.opencontainers.image.revision"}}' "$IMAGE")
+echo "label org.opencontainers.image.revision: $revision"
+test "$revision" = "$GIT_SHA"
 
 model=$WORK/serve-model
 if [ ! -f "$model/artifacts/onnx/model.onnx" ]; then
@@ -63,6 +69,8 @@ echo "bad input: $bad"
 backend=$(call /health)
 echo "health: $backend"
 [[ $backend == *'"backend":"onnx-'* ]]
+# The served code's commit, exactly the one built (never `unknown`): the last link of a prediction's lineage.
+[[ $backend == *"\"git_sha\":\"$GIT_SHA\""* ]] || { echo "health does not report git_sha $GIT_SHA" >&2; exit 1; }
 uid=$(podman exec "$NAME" id -u)
 test "$uid" = 10001
 ! podman run --rm --network=none --entrypoint python3 "$IMAGE" -c "import torch" 2>/dev/null

@@ -199,6 +199,17 @@ def test_every_image_the_templates_and_the_chart_use_is_built_and_loaded(plan):
                for c in plan if c[:2] == ["docker", "build"])
 
 
+def test_every_image_is_built_with_this_commit_as_git_sha(plan):
+    # The images bake GIT_SHA in as SENTIMENTOPS_GIT_SHA (.git is not in the build context): without it every step in
+    # the cluster records git_sha `unknown`. The dry run shows the capture (`GIT_SHA=$(git rev-parse HEAD)`, whose
+    # value it prints as <GIT_SHA>) before the first build, and that value passed to every build.
+    builds = [i for i, c in enumerate(plan) if c[:2] == ["docker", "build"]]
+    assert builds
+    assert ["git", "rev-parse", "HEAD"] in plan[:builds[0]], "the commit is read before the first build"
+    for i in builds:
+        assert "GIT_SHA=<GIT_SHA>" in flag_values(plan[i], "--build-arg"), plan[i]
+
+
 # ---- the chart -------------------------------------------------------------------------------------------------
 
 def test_the_chart_is_installed_with_the_kind_values_and_then_serves_the_first_version(plan):

