@@ -65,6 +65,16 @@ output "mlflow_artifacts_destination" {
   value       = local.mlflow_artifacts_destination
 }
 
+output "mlflow_cloudsql_instance" {
+  description = "Connection name (project:region:instance) of MLflow's Cloud SQL instance: the proxy sidecar's argument (charts/sentimentops value mlflow.cloudSql.instanceConnectionName)."
+  value       = google_sql_database_instance.mlflow.connection_name
+}
+
+output "mlflow_database_user" {
+  description = "MLflow's IAM database user (its Google service account's email without .gserviceaccount.com; the chart derives the same from serviceAccounts.mlflow.gcpServiceAccount)."
+  value       = google_sql_user.mlflow.name
+}
+
 output "namespace" {
   description = "Namespace of the chart: terraform creates it, binds the Workload Identities and the deploy Role in it."
   value       = kubernetes_namespace_v1.app.metadata[0].name
@@ -102,7 +112,13 @@ output "chart_values" {
         gcs  = { bucket = google_storage_bucket.data["argo"].name }
       }
     }
-    dvc    = { remote = local.dvc_remote }
-    mlflow = { artifactsDestination = local.mlflow_artifacts_destination }
+    dvc = { remote = local.dvc_remote }
+    mlflow = {
+      artifactsDestination = local.mlflow_artifacts_destination
+      cloudSql = {
+        instanceConnectionName = google_sql_database_instance.mlflow.connection_name
+        database               = google_sql_database.mlflow.name
+      }
+    }
   }
 }

@@ -163,6 +163,50 @@ variable "argo_artifact_days" {
   }
 }
 
+variable "cloudsql_region" {
+  description = "Region of MLflow's Cloud SQL instance; empty: var.region (beside the cluster, the lowest latency)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cloudsql_region == "" || can(regex("^[a-z]+-[a-z]+[0-9]$", var.cloudsql_region))
+    error_message = "cloudsql_region must be empty (var.region) or a region such as europe-west4."
+  }
+}
+
+variable "cloudsql_edition" {
+  description = "Cloud SQL edition of MLflow's instance: ENTERPRISE (db-custom-* tiers) or ENTERPRISE_PLUS (db-perf-optimized-N-*)."
+  type        = string
+  default     = "ENTERPRISE"
+
+  validation {
+    condition     = contains(["ENTERPRISE", "ENTERPRISE_PLUS"], var.cloudsql_edition)
+    error_message = "cloudsql_edition must be ENTERPRISE or ENTERPRISE_PLUS."
+  }
+}
+
+variable "cloudsql_tier" {
+  description = "Machine tier of MLflow's Cloud SQL instance; MLflow's metadata is small: 1 vCPU, 3.75 GB by default."
+  type        = string
+  default     = "db-custom-1-3840"
+
+  validation {
+    condition     = can(regex("^db-(custom-[0-9]+-[0-9]+|perf-optimized-N-[0-9]+)$", var.cloudsql_tier))
+    error_message = "cloudsql_tier must be a dedicated-core tier: db-custom-<vCPUs>-<MB> (ENTERPRISE) or db-perf-optimized-N-<vCPUs> (ENTERPRISE_PLUS)."
+  }
+}
+
+variable "cloudsql_availability_type" {
+  description = "ZONAL (one zone) or REGIONAL (a standby in a second zone, automatic failover, twice the price)."
+  type        = string
+  default     = "ZONAL"
+
+  validation {
+    condition     = contains(["ZONAL", "REGIONAL"], var.cloudsql_availability_type)
+    error_message = "cloudsql_availability_type must be ZONAL or REGIONAL."
+  }
+}
+
 variable "github_repository" {
   description = "owner/name of the GitHub repository whose Actions may push images and deploy (Workload Identity Federation)."
   type        = string

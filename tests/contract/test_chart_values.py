@@ -39,7 +39,8 @@ OTHER = {
                         for role in ("training", "serving", "pipeline", "mlflow")},
     "argo": {"uiUrl": "https://argo.acme.example", "artifactRepository": {"gcs": {"bucket": f"{ACME}-argo"}}},
     "dvc": {"remote": f"gs://{ACME}-dvc/remote"},
-    "mlflow": {"artifactsDestination": f"gs://{ACME}-mlflow/artifacts"},
+    "mlflow": {"artifactsDestination": f"gs://{ACME}-mlflow/artifacts",
+               "cloudSql": {"instanceConnectionName": f"{ACME}:us-east1:reviews-mlflow"}},
     "monitoring": {"prometheus": {"url": "http://prometheus.observability.svc:9090"},
                    "runbookBaseUrl": "https://git.acme.example/ml/sentimentops/blob/main"},
     "inferenceService": {"name": "reviews", "storageUri": f"gs://{ACME}-mlflow/artifacts/1/models/m-7/artifacts",
@@ -156,6 +157,9 @@ def test_nothing_of_the_defaults_is_left_in_any_document(other):
                 assert bucket.startswith(f"{ACME}-") or bucket == "bucket", (doc["kind"], bucket)  # or the example
             for account in re.findall(r"@([a-z0-9-]+)\.iam\.gserviceaccount\.com", s):
                 assert account == ACME, (doc["kind"], account)
+            # ... and so is every IAM database user (MLflow's Cloud SQL login) and Cloud SQL instance.
+            for account in re.findall(r"%40([a-z0-9-]+)\.iam@", s) + re.findall(r"^([a-z0-9-]+):[a-z]+-[a-z]+\d:", s):
+                assert account == ACME, (doc["kind"], account)
 
 
 def test_the_image_tag_defaults_to_the_charts_app_version(chart):
@@ -259,7 +263,7 @@ def test_notes_print_the_next_commands(chart, other_values, other):
     placeholder = render_text(chart, load_values("gke"))[NOTES]
     assert "WARNING" in placeholder
     for key in ("image.registry", "mlflow.artifactsDestination", "dvc.remote", "argo.artifactRepository.gcs.bucket",
-                "serviceAccounts.training.gcpServiceAccount"):
+                "serviceAccounts.training.gcpServiceAccount", "mlflow.cloudSql.instanceConnectionName"):
         assert f"  - {key}\n" in placeholder + "\n", key
 
 
@@ -267,9 +271,9 @@ def test_values_gke_marks_every_project_value_as_a_placeholder():
     # Each project-specific value in values-gke.yaml names the placeholder project, so NOTES can catch it.
     gke = yaml.safe_load((CHART / "values-gke.yaml").read_text())
     project_values = [gke["image"]["registry"], gke["mlflow"]["artifactsDestination"], gke["dvc"]["remote"],
-                      gke["argo"]["artifactRepository"]["gcs"]["bucket"]]
+                      gke["argo"]["artifactRepository"]["gcs"]["bucket"], gke["mlflow"]["cloudSql"]["instanceConnectionName"]]
     project_values += [sa["gcpServiceAccount"] for sa in gke["serviceAccounts"].values() if sa["gcpServiceAccount"]]
-    assert len(project_values) == 8 and all("your-project-id" in v for v in project_values), project_values
+    assert len(project_values) == 9 and all("your-project-id" in v for v in project_values), project_values
 
 
 def test_no_project_id_bucket_or_registry_outside_the_values_files():

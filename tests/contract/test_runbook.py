@@ -8,7 +8,8 @@
 - `helm`: the chart, values files (in the repository or written by an earlier command), `--set` keys of the
   chart's values, and the platform releases of charts/platform/versions.yaml.
 - `terraform`: `-chdir=terraform`, variables, `-target` resources and outputs that exist.
-- `gcloud`: the cluster name and region defaults of terraform.
+- `gcloud`: the cluster name and region defaults of terraform; `gcloud sql` lines name terraform's Cloud SQL instance
+  and its IAM database user (the mlflow Google service account).
 - the tables: the platform releases equal versions.yaml; the operator's Secrets cover every Secret the chart and
   Alertmanager read that nothing else creates; the capacity plan is recomputed from benchmarks/serve/results.json.
 - every alert defined in charts/sentimentops/files/monitoring/rules/ has a row in the alert table."""
@@ -161,6 +162,8 @@ def test_kubectl_commands_name_chart_objects_and_patches_stay_valid(chart_docs):
             name = cmd[cmd.index("isvc") + 1].split("/")[-1]
             assert name in isvcs, cmd
         for tok in cmd:
+            if tok.startswith("deploy/"):
+                assert tok.split("/")[1] in named(chart_docs, "Deployment"), tok
             if tok.startswith("isvc/"):
                 assert tok.split("/")[1] in isvcs
             if tok.startswith("svc/"):
@@ -232,6 +235,9 @@ def test_terraform_gcloud_make_lines_name_what_exists():
             assert name in tf["output"], name
     tf_vars = (REPO / "terraform" / "variables.tf").read_text()
     for cmd in by_tool("gcloud"):
+        if cmd[1] == "sql":
+            _check_gcloud_sql(cmd, tf_vars)
+            continue
         assert cmd[1:4] == ["container", "clusters", "get-credentials"]
         assert re.search(rf'variable "cluster_name"[^}}]*default\s*=\s*"{cmd[4]}"', tf_vars, re.DOTALL)
         assert re.search(rf'variable "region"[^}}]*default\s*=\s*"{flag_value(cmd, "--region")[0]}"', tf_vars, re.DOTALL)
@@ -239,6 +245,28 @@ def test_terraform_gcloud_make_lines_name_what_exists():
     for cmd in by_tool("make"):
         for target in cmd[1:]:
             assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), target
+
+
+def _check_gcloud_sql(cmd: list[str], tf_vars: str) -> None:
+    """`gcloud sql users assign-roles USER --instance=I --type=T ...` and `gcloud sql backups list --instance=I`:
+    I is terraform's MLflow instance (its name with the default cluster_name), USER its IAM database user."""
+    cloudsql = (REPO / "terraform" / "cloudsql.tf").read_text()
+    name = re.search(r'resource "google_sql_database_instance" "mlflow" \{\s*name\s*=\s*"([^"]+)"', cloudsql).group(1)
+    cluster = re.search(r'variable "cluster_name"[^}]*default\s*=\s*"([^"]+)"', tf_vars, re.DOTALL).group(1)
+    options = dict(w.split("=", 1) for w in cmd if w.startswith("--") and "=" in w)
+    assert options.get("--instance") == name.replace("${var.cluster_name}", cluster), cmd
+    if cmd[2:4] == ["users", "assign-roles"]:
+        user_type = re.search(r'resource "google_sql_user" "mlflow" \{[^}]*type\s*=\s*"([^"]+)"', cloudsql).group(1)
+        assert options.get("--type") == user_type, cmd
+        iam = (REPO / "terraform" / "iam.tf").read_text()
+        account_id = re.search(r'resource "google_service_account" "workload" \{[^}]*account_id\s*=\s*"([^"]+)"',
+                               iam).group(1).replace("${each.key}", "mlflow")
+        # The user is the mlflow GSA's email without `.gserviceaccount.com` (terraform local.mlflow_db_user).
+        assert cmd[4] == f"{account_id}@PROJECT.iam", cmd
+        assert 'trimsuffix(google_service_account.workload["mlflow"].email, ".gserviceaccount.com")' in cloudsql
+        assert options.get("--database-roles"), cmd
+    else:
+        assert cmd[2:4] == ["backups", "list"], cmd
 
 
 def test_terraforms_chart_values_are_chart_keys_and_replace_every_placeholder():
@@ -350,8 +378,10 @@ def test_the_operator_secrets_cover_what_the_chart_and_alertmanager_read(chart_d
     table = operator_secrets()
     created_by_chart = {d["metadata"]["name"] for d in chart_docs if d["kind"] == "Secret"}
     refs = {(name, key) for d in chart_docs for name, key in _secret_refs(d, set())}
-    # The MLflow server reads its backend store URI from a Secret through an env secretKeyRef.
-    assert any(name.endswith("mlflow-db") for name, _ in refs), refs
+    # On GKE the MLflow server logs in to Cloud SQL with its Google identity: it reads no backend-store Secret and the
+    # operator creates none (the kind harness creates it for the in-chart Postgres).
+    assert not any(name.endswith("mlflow-db") for name, _ in refs), refs
+    assert not any(name.endswith("mlflow-db") for _, name in table), table
     for name, key in refs:
         if name in created_by_chart:
             continue

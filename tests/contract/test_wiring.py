@@ -106,6 +106,9 @@ class Facts:
                     ("service account domain", re.compile(rf"{p}\.iam\.gserviceaccount\.com")),
                     ("workload identity pool", re.compile(rf"{p}\.svc\.id\.goog")),
                     ("resource path", re.compile(rf"projects/{p}/")),
+                    # Cloud SQL: the instance connection name (project:region:instance) and the IAM database user
+                    ("Cloud SQL connection name", re.compile(rf"(?<![\w.-]){p}:[a-z]+-[a-z]+[0-9]:")),
+                    ("IAM database user", re.compile(rf"(?:@|%40){p}\.iam(?![\w.-])")),
                     ("project flag", re.compile(rf"(?:project_id|--project|GCP_PROJECT_ID)[\s=:\"']+{p}(?![\w-])"))]
         names = "|".join(re.escape(b) for b in self.concrete_buckets())
         if names:
@@ -120,6 +123,7 @@ class Facts:
         if self.project:
             p = re.escape(self.project)
             for form in (r"(@){p}(\.iam\.gserviceaccount\.com)", r"()(?<![\w-]){p}(\.svc\.id\.goog)",
+                         r"()(?<![\w.-]){p}(:[a-z]+-[a-z]+[0-9]:)",
                          r"(docker\.pkg\.dev/){p}(/)", r"(projects/){p}(/)"):
                 text = re.sub(form.format(p=p), rf"\g<1>{OTHER['project']}\g<2>", text)
         return text
@@ -418,6 +422,49 @@ def test_buckets_and_registry_in_the_gke_values_are_terraforms(renders, tf, fact
             problems.append(f"bucket `{bucket}` has prefix `{matches[0][1].group('prefix')}`; the other buckets use "
                             f"`{facts.prefix}` (terraform names them all <bucket_prefix>-<key>)")
     assert problems == [], "\n".join(problems)
+
+
+def _mlflow_proxy_and_uri(docs: list[dict]) -> tuple[str, str]:
+    """(the Cloud SQL connection name the proxy sidecar dials, MLflow's --backend-store-uri) of a render."""
+    pod = by_kind(docs, "Deployment")["mlflow"]["spec"]["template"]["spec"]
+    proxy = next(c for c in pod.get("initContainers", []) if "--auto-iam-authn" in c.get("args", []))
+    server = next(c for c in pod["containers"] if c["name"] == "mlflow")
+    uri = next(a.split("=", 1)[1] for a in server["args"] if a.startswith("--backend-store-uri="))
+    return proxy["args"][-1], uri
+
+
+@pytest.mark.parametrize("values_name", ["gke", "other"])
+def test_mlflow_reaches_terraforms_cloud_sql_instance_as_its_workload_identity(renders, tf, facts, values_name):
+    """terraform output chart_values.mlflow.cloudSql -> values -> the proxy's instance argument; the backend URI's
+    user -> the KSA's Google service account -> terraform's IAM database user with client + instanceUser."""
+    docs = renders(values_name)
+    project = facts.project if values_name == "gke" else OTHER["project"]
+    conn, uri = _mlflow_proxy_and_uri(docs)
+    out = tf.outputs()
+    cloud_sql = out["chart_values"]["value"]["mlflow"]["cloudSql"]
+    assert cloud_sql["instanceConnectionName"] == out["mlflow_cloudsql_instance"]["value"] == \
+        "${google_sql_database_instance.mlflow.connection_name}"
+    inst = tf.resources("google_sql_database_instance")["mlflow"]
+    got_project, region, name = conn.split(":")
+    assert got_project == project, f"{values_name}: the proxy dials project {got_project}, the values' is {project}"
+    assert any(re.fullmatch(p, name) for _, p in tf.expand(str(inst["name"]), inst, use_defaults=True)), name
+    assert re.fullmatch(r"[a-z]+-[a-z]+[0-9]", region)
+    ksa = by_kind(docs, "ServiceAccount")[
+        by_kind(docs, "Deployment")["mlflow"]["spec"]["template"]["spec"]["serviceAccountName"]]
+    email = ksa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+    user = re.fullmatch(r"postgresql://([^:@/]+)@127\.0\.0\.1:5432/(\w+)\?sslmode=disable", uri)
+    assert user, uri
+    assert user.group(1).replace("%40", "@") == email.removesuffix(".gserviceaccount.com")
+    assert user.group(2) == tf.resources("google_sql_database")["mlflow"]["name"]
+    found = _gsa_resource(tf, email.split("@")[0])
+    assert found == ("workload", "mlflow"), found
+    grants = [g for g in tf.resources("google_project_iam_member").values()
+              if 'workload[\\"mlflow\\"]' in str(g.get("member")) or 'workload["mlflow"]' in str(g.get("member"))]
+    roles = {r for g in grants for r in (tf.for_each(g) or {g.get("role"): None})}
+    assert {"roles/cloudsql.client", "roles/cloudsql.instanceUser"} <= roles, roles
+    sql_user = tf.resources("google_sql_user")["mlflow"]
+    assert sql_user["type"] == "CLOUD_IAM_SERVICE_ACCOUNT"
+    assert 'google_service_account.workload[' in str(tf.locals["mlflow_db_user"])
 
 
 # ---- parameters: triggers, templateRef, workflow parameters -----------------------------------------------------

@@ -16,6 +16,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ .root.Values.image.registry }}/sentimentops-{{ .name }}:{{ include "sentimentops.imageTag" .root }}
 {{- end }}
 
+{{- /* The Host headers the in-chart MLflow server accepts: the Service's names as pods call it (the tracking URI the
+workflows get is the first), and loopback. */ -}}
+{{- define "sentimentops.mlflowAllowedHosts" -}}
+{{- $ns := .Release.Namespace -}}
+mlflow.{{ $ns }}.svc.cluster.local:5000,mlflow.{{ $ns }}.svc:5000,mlflow.{{ $ns }}:5000,mlflow:5000,localhost:*,127.0.0.1:*
+{{- end }}
+
 {{- define "sentimentops.mlflowUri" -}}
 {{- if .Values.mlflow.enabled -}}
 http://mlflow.{{ .Release.Namespace }}.svc.cluster.local:5000
