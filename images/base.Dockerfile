@@ -16,7 +16,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
-    SENTIMENTOPS_PROFILE=gke
+    SENTIMENTOPS_PROFILE=gke \
+    SENTIMENTOPS_DVC_CONFIG=/src/.dvc/config
 
 RUN python3 -m venv /opt/venv \
     && groupadd --gid 10001 sentimentops \
@@ -26,10 +27,19 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY steps ./steps
 COPY workflows ./workflows
+# DVC's settings (analytics off; steps/core/snapshots.py): one committed file, found through SENTIMENTOPS_DVC_CONFIG.
+COPY .dvc/config ./.dvc/config
 COPY images/constraints.txt ./images/constraints.txt
 # Build and install the core package only; /src stays so stage images can add `/src[<extra>]`.
 RUN pip install --no-cache-dir --constraint images/constraints.txt /src
 
+# The commit this image is built from (images.yml passes github.sha; scripts/e2e/run.sh and the podman tests pass
+# `git rev-parse HEAD`: .git is not in the build context). Steps record it as their git_sha
+# (steps/core/manifests.py; empty = unknown). Declared last, so a new commit rebuilds only these layers.
+ARG GIT_SHA=""
+ENV SENTIMENTOPS_GIT_SHA=${GIT_SHA}
+LABEL org.opencontainers.image.revision="${GIT_SHA}" \
+      org.opencontainers.image.source="https://github.com/sentimentops/sentimentops"
 # Health is judged by Kubernetes probes (chart) and step exit codes (Argo), not by Docker.
 HEALTHCHECK NONE
 USER 10001:10001

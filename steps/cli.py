@@ -24,6 +24,8 @@ STAGES = {
     "drift": "sentimentops.steps.drift.cli",
     "rollout": "sentimentops.steps.rollout.cli",
     "notify": "sentimentops.steps.notify",
+    "lineage": "sentimentops.steps.lineage.cli",
+    "data": "sentimentops.steps.lineage.data",
 }
 # Orchestration commands live in workflows/ (which knows the stages only through this CLI).
 WORKFLOW_COMMANDS = {"render", "pipeline", "check"}
@@ -34,6 +36,7 @@ stages:     ingest validate version train evaluate register
 serving:    serve (the KServe predictor), predict (send reviews to a running server)
 demo:       quickstart (the main job: the whole DAG locally, then a served prediction)
 delivery:   rollout (the canary), drift (the monitor), notify (a workflow's outcome to Slack: the exit handler)
+lineage:    lineage (a model version's run, metrics, dataset, commit, images), data pull (restore its dataset)
 workflows:  render [--check] (write the Argo YAML), pipeline run ... (run the rendered DAG locally),
             check FILE... (strict schema checks of manifests)
 Run `sentimentops <command> --help` for a command's flags."""

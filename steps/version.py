@@ -7,20 +7,19 @@ addressed, so `add` and `push` find every object already there.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from pathlib import Path
 from typing import ClassVar
 
-import yaml
 from pydantic import Field
 
 from sentimentops.steps.core.config import CommonSettings, parse_settings
 from sentimentops.steps.core.errors import DataError, stage_main
 from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.manifests import write_manifest
+from sentimentops.steps.core.snapshots import POINTER, TRACKED, Pointer, open_workspace
 
-TRACKED = "dataset"  # the folder name inside the DVC workspace
+__all__ = ["VersionSettings", "main", "open_workspace", "snapshot"]
 log = get_logger(__name__)
 
 
@@ -31,23 +30,9 @@ class VersionSettings(CommonSettings):
     workspace: Path = Field(Path("{home}/dvc-workspace"), description="The DVC project (no git) holding snapshots.")
 
 
-def open_workspace(workspace: Path, remote: str):
-    """The DVC repo at `workspace`, created on first use, with `remote` as its default remote, analytics off."""
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    from dvc.repo import Repo  # the version extra
-
-    workspace.mkdir(parents=True, exist_ok=True)
-    repo = Repo(str(workspace)) if (workspace / ".dvc").is_dir() else Repo.init(str(workspace), no_scm=True)
-    with repo.config.edit() as conf:
-        conf["core"]["analytics"] = False
-        conf["core"]["remote"] = "storage"
-        conf["remote"]["storage"] = {"url": remote}
-    return repo
-
-
 def snapshot(dataset: Path, settings: VersionSettings) -> dict[str, str]:
     """Copies the dataset's files into the workspace, `dvc add` + `dvc push`; returns the DVC refs."""
-    repo = open_workspace(settings.workspace, settings.remote)
+    repo = open_workspace(settings.workspace, settings.remote)  # analytics etc. from the committed .dvc/config
     target = settings.workspace / TRACKED
     if target.exists():
         shutil.rmtree(target)
@@ -56,10 +41,9 @@ def snapshot(dataset: Path, settings: VersionSettings) -> dict[str, str]:
         shutil.copy2(file, target / file.name)
     repo.add(str(target))
     pushed = repo.push()
-    pointer = yaml.safe_load((settings.workspace / f"{TRACKED}.dvc").read_text())
-    out = pointer["outs"][0]
-    return {"dvc_md5": out["md5"], "dvc_remote": settings.remote, "dvc_files": str(out.get("nfiles", "")),
-            "dvc_pushed": str(pushed)}
+    pointer = Pointer.parse((settings.workspace / POINTER).read_text())
+    return {"dvc_md5": pointer.md5, "dvc_remote": settings.remote,
+            "dvc_files": "" if pointer.nfiles is None else str(pointer.nfiles), "dvc_pushed": str(pushed)}
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"{args.dataset} holds no parquet files")
     refs = snapshot(args.dataset, settings)
     args.out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(settings.workspace / f"{TRACKED}.dvc", args.out / "dataset.dvc")
+    shutil.copy2(settings.workspace / POINTER, args.out / POINTER)
     log.info("version: dataset %s (%s new objects pushed to %s)", refs["dvc_md5"], refs["dvc_pushed"],
              settings.remote)
-    write_manifest(args.out, "version", inputs={"dataset": args.dataset}, outputs={"pointer": "dataset.dvc"},
+    write_manifest(args.out, "version", inputs={"dataset": args.dataset}, outputs={"pointer": POINTER},
                    params={"remote": settings.remote}, metrics={"pushed_objects": float(refs["dvc_pushed"])},
                    refs=refs)
     return 0

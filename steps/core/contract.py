@@ -175,6 +175,14 @@ def find_model_root(path: Path) -> Path:
     return next((p for p in (path, *path.parents) if (p / MLMODEL_FILE).is_file()), path)
 
 
+# ---- the metrics a registered version carries ----------------------------------------------------------------------
+# Register tags each version with them (a version's own numbers, readable without its run); `sentimentops lineage`
+# shows them. test_<metric> for each of METRIC_TAGS (evaluate's scores on the version's own test rows), and the
+# evidence beside them under these keys (evaluate's baseline, behaviour and calibration metrics).
+METRIC_TAGS = ("accuracy", "f1", "roc_auc")
+EVIDENCE_TAGS = ("tfidf_test_accuracy", "behaviour_pass_rate", "test_ece")
+
+
 # ---- the `content` drift feature -----------------------------------------------------------------------------------
 CONTINUATION_PREFIX = "##"  # WordPiece marks a piece that continues a word
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, overload
@@ -24,10 +22,18 @@ from typing import Any, ClassVar, TypeVar, overload
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sentimentops.steps.core.errors import DataError
+from sentimentops.steps.core.provenance import (  # noqa: F401  GIT_SHA_ENV, IMAGE_ENV re-exported for older imports
+    GIT_SHA_ENV,
+    IMAGE_ENV,
+    current_image,
+    git_sha,
+)
 
 MANIFEST = "manifest.json"
-# Files that never take part in a folder's identity: the manifest itself (it holds timestamps) and logs.
-_VOLATILE = {MANIFEST, "log.txt"}
+RESTORE_RECORD = ".sentimentops-restore.json"  # what `sentimentops data pull` restored into a folder (not data)
+# Files that never take part in a folder's identity: the manifest itself (it holds timestamps), logs, and the record
+# of a restore (a restored folder hashes as the dataset it restores).
+_VOLATILE = {MANIFEST, "log.txt", RESTORE_RECORD}
 
 
 class Section(BaseModel):
@@ -82,6 +88,8 @@ class Manifest(BaseModel):
     step: str
     created: str = Field(description="UTC time the manifest was written (ISO 8601, seconds)")
     git_sha: str = Field(description="Commit of the code that wrote it (SENTIMENTOPS_GIT_SHA or git rev-parse)")
+    image: str = Field("", description="The image the step ran in (ref, `@sha256:...` when the pod told it); "
+                       "empty outside a container")
     inputs: dict[str, str] = Field(default_factory=dict, description="input name -> content hash of the folder")
     outputs: dict[str, str] = Field(default_factory=dict, description="output name -> path relative to the folder")
     params: Section = Field(default_factory=NoSection)
@@ -310,17 +318,6 @@ def hash_dir(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def git_sha() -> str:
-    """The commit this code came from: SENTIMENTOPS_GIT_SHA (baked into images) or `git rev-parse`."""
-    if sha := os.environ.get("SENTIMENTOPS_GIT_SHA"):
-        return sha
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _number(key: str, value: Any) -> float:
     try:
         return float(value)
@@ -347,6 +344,7 @@ def write_manifest(
             "step": step,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "git_sha": git_sha(),
+            "image": current_image(),
             "inputs": {name: hash_dir(p) for name, p in (inputs or {}).items()},
             "outputs": outputs or {},
             "params": json.loads(json.dumps(params or {}, default=str)),  # paths and enums as JSON has them

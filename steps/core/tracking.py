@@ -65,7 +65,7 @@ def mlflow_run(
     marker = out / RUN_ID_FILE if out is not None else None
     if run_id is None and marker is not None and marker.is_file():
         run_id = marker.read_text().strip()
-    all_tags = {"git_sha": git_sha(), "profile": settings.profile, **(tags or {})}
+    all_tags = {GIT_SHA_TAG: git_sha(), "profile": settings.profile, **(tags or {})}
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp, run_name=run_name,
                           tags=None if run_id else all_tags) as run:
         if marker is not None:
@@ -100,3 +100,79 @@ def download_model(settings: CommonSettings, uri: str, dest: Path) -> ModelFolde
 def download_model_dir(settings: CommonSettings, uri: str, dest: Path) -> Path:
     """Downloads a registered pyfunc and returns its Hugging Face folder (weights + tokenizer)."""
     return download_model(settings, uri, dest).model_dir
+
+
+# ------------------------------------------------------------------------------------------------ the dataset input
+IMAGE_TAG_PREFIX = "image."  # a version's image.<stage> tags: register writes them, `sentimentops lineage` reads them
+# Tags train puts on its run and register on the version; `sentimentops lineage` and `data pull` read them.
+GIT_SHA_TAG = "git_sha"  # the commit the step ran (core.manifests.git_sha)
+DATASET_MD5_TAG = "dataset.dvc_md5"  # the DVC md5 (`<md5>.dir`) of the version step's snapshot
+DATASET_REMOTE_TAG = "dataset.dvc_remote"  # the DVC remote the snapshot was pushed to
+DATASET_ARTIFACT_DIR = "dataset"  # the version step's `dataset.dvc` pointer, logged beside the run's model
+DATASET_CONTEXT = "training"  # MLFLOW_DATASET_CONTEXT of the input (MLflow's Datasets view groups by it)
+
+
+def dataset_short_name(source: str) -> str:
+    """`hf:stanfordnlp/imdb` -> `imdb`, `/data/imdb/` -> `imdb`, `demo` -> `demo`: the name MLflow lists."""
+    return source.rstrip("/").replace(":", "/").rsplit("/", 1)[-1] or "dataset"
+
+
+def split_rows(dataset: Path) -> dict[str, int]:
+    """Rows per split of a dataset folder (`<split>.parquet`), from the parquet footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    return {f.stem: pq.ParquetFile(f).metadata.num_rows for f in sorted(Path(dataset).glob("*.parquet"))}
+
+
+def dataset_source(remote: str):
+    """MLflow's dataset source for a DVC remote: gs://... as a GCS source, a local folder as a local one. Built from
+    the URI alone: nothing is read from the remote (offline, and no GCS credentials needed to log)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    with warnings.catch_warnings():  # a local path matches two registered local sources, the same class
+        warnings.simplefilter("ignore", UserWarning)
+        return resolve_dataset_source(remote)
+
+
+def log_dataset(run_id: str, pointer_file: Path, remote: str, name: str, rows: dict[str, int]) -> bool:
+    """Logs the DVC snapshot as the run's dataset input (name, digest = the DVC md5, source = the remote, a profile
+    with rows per split) and its pointer as the artifact `dataset/dataset.dvc`. The md5 is the pointer's own, so
+    the input, the artifact and the `dataset.dvc_md5` tag cannot disagree. Returns False when the run already
+    holds this input (a resumed run logs nothing twice)."""
+    import json
+
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types import ColSpec, Schema
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from sentimentops.steps.core.snapshots import Pointer
+
+    pointer = Pointer.parse(pointer_file.read_text(), str(pointer_file))
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    if run.inputs and any(i.dataset.digest == pointer.md5 for i in run.inputs.dataset_inputs):
+        return False
+
+    class DvcSnapshot(MetaDataset):
+        """A MetaDataset with a profile (MetaDataset has none): what MLflow shows beside the digest."""
+
+        @property
+        def profile(self):
+            return {"rows": rows, "num_rows": sum(rows.values()), "dvc_files": pointer.nfiles}
+
+        def to_dict(self):
+            return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+    # MLflow's dataset digest column holds 36 characters (mlflow/store/tracking/dbmodels/models.py, SqlDataset):
+    # a DVC directory md5 is 32 hex + `.dir`, exactly 36.
+    schema = Schema([ColSpec("string", "text"), ColSpec("long", "label")])
+    snapshot = DvcSnapshot(dataset_source(remote), name=name, digest=pointer.md5, schema=schema)
+    client.log_artifact(run_id, str(pointer_file), DATASET_ARTIFACT_DIR)
+    # log_inputs with the entity, not mlflow.log_input: the run is addressed by id (resumed runs included).
+    client.log_inputs(run_id, datasets=[DatasetInput(snapshot._to_mlflow_entity(),
+                                                     tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])])
+    return True

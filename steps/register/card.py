@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import yaml
@@ -78,13 +78,14 @@ class CardInputs:
     run_reason: str | None = None       # settings.run_reason
     served_name: str = "sentiment"      # the model name in the predictor's paths (serve --model-name)
     license: str = "apache-2.0"
+    images: Mapping[str, str] = field(default_factory=dict)  # stage -> image (ref@digest): each manifest's `image`
 
     @classmethod
     def from_stage_outputs(cls, *, train: TrainManifest, evaluation: EvaluateManifest,
                            dataset_version: VersionManifest, metrics: Mapping[str, Any],
                            registered_model: str, version: str, workflow: str, created: str,
                            ingest: IngestManifest | None = None, device: str | None = None,
-                           run_reason: str | None = None) -> CardInputs:
+                           run_reason: str | None = None, images: Mapping[str, str] | None = None) -> CardInputs:
         """From the manifests register reads (`Inputs`), evaluate's metrics.json (`metrics`) and, when the
         caller reads it too, the dataset folder's IngestManifest (source, rows per split, sampling)."""
         params = train.params.model_dump(mode="json", exclude_none=True)
@@ -117,7 +118,7 @@ class CardInputs:
                    train_metrics=train.metrics.model_dump(mode="json", exclude_none=True), dataset=facts,
                    evaluation=evaluated, workflow=workflow, created=created,
                    serving_tokens=evaluation.params.max_tokens or MAX_TOKENS, device=device,
-                   run_reason=run_reason)
+                   run_reason=run_reason, images=dict(images or {}))
 
 
 def delta(value: Any, other: Any) -> str:
@@ -340,16 +341,26 @@ def render_model_card(card: CardInputs) -> str:
              "## Limitations and biases", "", *(f"- {item}" for item in limitations(card)), "",
              "## Lineage", "",
              *_facts([("MLflow run", card.run_id), ("Git commit", card.git_sha),
-                      ("Dataset (DVC md5)", data.get("dvc_md5")), ("Workflow", card.workflow),
-                      ("Run reason", card.run_reason), ("Registered", card.created)]),
+                      ("Dataset (DVC md5)", data.get("dvc_md5")), ("DVC remote", data.get("remote")),
+                      *((f"Image ({stage})", image) for stage, image in card.images.items()),
+                      ("Workflow", card.workflow), ("Run reason", card.run_reason), ("Registered", card.created)]),
              "", "## How to use", "",
              "KServe V1; the answer holds `label` and `probability` (P(positive)) per instance.", "",
              "```text", *curl, "```", ""]
     return "\n".join(lines)
 
 
+def short_image(image: str) -> str:
+    """`<registry>/sentimentops-train:0.1.0@sha256:<64 hex>` -> `sentimentops-train:0.1.0@sha256:<12 hex>`: enough
+    to tell images apart in one line (the version's `image.<stage>` tags hold the full value)."""
+    ref, _, digest = image.partition("@")
+    name = ref.rsplit("/", 1)[-1]
+    return f"{name}@{digest[:19]}" if digest else name
+
+
 def description_line(card: CardInputs) -> str:
-    """One line for the registry version's description: the claim and where to check it."""
+    """One line for the registry version's description: the claim, then the lineage that backs it (full ids, to
+    copy: the run, the dataset's DVC md5 and remote, the commit; the images each stage ran in)."""
     c, baseline = _challenger(card), card.evaluation.get("baseline") or {}
     accuracy = c.get("accuracy")
     claim = f"{accuracy:.3f} accuracy" if isinstance(accuracy, int | float) else f"accuracy {NOT_MEASURED}"
@@ -357,8 +368,9 @@ def description_line(card: CardInputs) -> str:
         claim += f" ({baseline_label(baseline)} {b:.3f})"
     rows = c.get("rows")
     on = f" on {rows:,} {dataset_name(card)} test reviews" if isinstance(rows, int) else ""
-    md5 = card.dataset.get("dvc_md5") or ""
+    md5, remote = card.dataset.get("dvc_md5") or "unknown", card.dataset.get("remote")
+    images = ", ".join(f"{stage} {short_image(image)}" for stage, image in card.images.items()) or "none recorded"
     line = (f"{card.registered_model} v{card.version}: {claim}{on} at {card.serving_tokens} tokens; "
-            f"data md5 {md5[:8] + '...' if md5 else 'unknown'}, run {card.run_id[:8]}..., "
-            f"git {card.git_sha[:7]}...")
+            f"run {card.run_id}, data md5 {md5}{f' at {remote}' if remote else ''}, git {card.git_sha}, "
+            f"images {images}")
     return " ".join(line.split())

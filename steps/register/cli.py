@@ -28,6 +28,8 @@ from sentimentops.steps.core.config import STORAGE_URI_TAG, CommonSettings, pars
 from sentimentops.steps.core.contract import (
     DRIFT_REFERENCE_FILE,
     DRIFT_REFERENCE_KEY,
+    EVIDENCE_TAGS,
+    METRIC_TAGS,
     MODEL_ARTIFACT,
     MODEL_DIR_KEY,
     ONNX_DIR,
@@ -41,11 +43,20 @@ from sentimentops.steps.core.manifests import (
     IngestManifest,
     TrainManifest,
     VersionManifest,
+    current_image,
     hash_dir,
     read_manifest,
     write_manifest,
 )
-from sentimentops.steps.core.tracking import alias_version, configure, mlflow_run
+from sentimentops.steps.core.tracking import (
+    DATASET_MD5_TAG,
+    DATASET_REMOTE_TAG,
+    GIT_SHA_TAG,
+    IMAGE_TAG_PREFIX,
+    alias_version,
+    configure,
+    mlflow_run,
+)
 from sentimentops.steps.register.promotion import Decision, EvalMetrics, PolicySettings, decide
 
 log = get_logger("sentimentops.register")
@@ -55,8 +66,9 @@ PYFUNC_CODE = Path(__file__).parent / "pyfunc_model.py"
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "pandas", "mlflow")
 CARD_DIR, CARD_FILE = "model_card", "README.md"
 TEST_SPLIT = "test.parquet"  # the ingest step's held-out split (steps/ingest.py writes <split>.parquet)
-METRIC_TAGS = ("accuracy", "f1", "roc_auc")  # each version carries test_<metric> tags (its own test rows)
-EVIDENCE_TAGS = ("tfidf_test_accuracy", "behaviour_pass_rate", "test_ece")  # and the evidence beside them
+# Two reviews as the pyfunc's input_example: MLflow stores them with the model and checks them against the signature
+# by running predict once at log time (offline: the pyfunc loads the saved folder, no download).
+INPUT_EXAMPLE = {"text": ["A warm, funny film with a great cast.", "Dull, predictable and far too long."]}
 
 
 class RegisterSettings(CommonSettings):
@@ -87,6 +99,14 @@ class Inputs:
     evaluation: EvaluateManifest
     version: VersionManifest
     ingest: IngestManifest | None  # the dataset folder's manifest: source, rows per split (the model card)
+
+    def images(self) -> dict[str, str]:
+        """stage -> the image each input's stage ran in, then this step's own (empty ones left out: local runs)."""
+        manifests = (self.ingest, self.version, self.train, self.evaluation)
+        found = {m.step: m.image for m in manifests if m is not None and m.image}
+        if own := current_image():
+            found["register"] = own
+        return found
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,7 @@ def champion_metrics(evaluation: EvaluateManifest, champion: Any) -> EvalMetrics
 def register_version(client: Any, inputs: Inputs, settings: RegisterSettings, model_hash: str) -> Any:
     """Logs the pyfunc to the training run and registers it with its lineage tags in one call."""
     import mlflow
+    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
@@ -178,9 +199,11 @@ def register_version(client: Any, inputs: Inputs, settings: RegisterSettings, mo
         artifacts[ONNX_KEY] = str(onnx_dir)
     with mlflow_run(settings, run_id=run_id):
         info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts=artifacts,
-                                       pip_requirements=pip_requirements(), signature=signature)
-    tags = {"model_hash": model_hash, "mlflow_run_id": run_id, "git_sha": inputs.train.git_sha,
-            "dataset.dvc_md5": inputs.version.refs.dvc_md5,
+                                       pip_requirements=pip_requirements(), signature=signature,
+                                       input_example=pd.DataFrame(INPUT_EXAMPLE))
+    tags = {"model_hash": model_hash, "mlflow_run_id": run_id, GIT_SHA_TAG: inputs.train.git_sha,
+            DATASET_MD5_TAG: inputs.version.refs.dvc_md5, DATASET_REMOTE_TAG: inputs.version.refs.dvc_remote or "",
+            **{f"{IMAGE_TAG_PREFIX}{stage}": image for stage, image in inputs.images().items()},
             "base_model": str(inputs.train.params.base_model_used or ""),
             "run.reason": settings.run_reason, "workflow": settings.workflow_name,
             **{f"test_{k}": f"{challenger[f'test_{k}']:.6f}" for k in METRIC_TAGS},
@@ -219,7 +242,7 @@ def attach_card(client: Any, inputs: Inputs, settings: RegisterSettings, version
     card = CardInputs.from_stage_outputs(
         train=inputs.train, evaluation=inputs.evaluation, dataset_version=inputs.version, metrics=metrics,
         registered_model=settings.registered_model, version=version, workflow=settings.workflow_name,
-        created=created, ingest=inputs.ingest, run_reason=settings.run_reason)
+        created=created, ingest=inputs.ingest, run_reason=settings.run_reason, images=inputs.images())
     run_id = inputs.train.refs.mlflow_run_id
     with tempfile.TemporaryDirectory(prefix="model-card-") as tmp:
         path = Path(tmp) / CARD_FILE

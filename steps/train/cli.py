@@ -25,11 +25,24 @@ from pydantic import Field
 
 from sentimentops.steps.core.config import CommonSettings, parse_settings
 from sentimentops.steps.core.contract import MAX_TOKENS, class_ids_of, keep_head_tail
-from sentimentops.steps.core.errors import UsageError, stage_main
+from sentimentops.steps.core.errors import DataError, UsageError, stage_main
 from sentimentops.steps.core.hub import go_offline, hub_reachable
 from sentimentops.steps.core.logs import get_logger
-from sentimentops.steps.core.manifests import hash_dir, read_manifest, write_manifest
-from sentimentops.steps.core.tracking import mlflow_run
+from sentimentops.steps.core.manifests import (
+    IngestManifest,
+    VersionManifest,
+    hash_dir,
+    read_manifest,
+    write_manifest,
+)
+from sentimentops.steps.core.tracking import (
+    DATASET_MD5_TAG,
+    DATASET_REMOTE_TAG,
+    dataset_short_name,
+    log_dataset,
+    mlflow_run,
+    split_rows,
+)
 
 log = get_logger(__name__)
 LABELS = {0: "negative", 1: "positive"}
@@ -109,6 +122,28 @@ def checkpoint_dir_for(settings: TrainSettings, dataset: Path, base_model_used: 
     return keyed_dir(settings.checkpoint_dir, hash_dir(dataset), wanted)
 
 
+def log_dataset_input(run_id: str, dataset: Path, version: Path) -> None:
+    """The run's dataset input and `dataset/dataset.dvc` artifact (core.tracking.log_dataset), from the version
+    step's pointer: the run that owns the model names the exact data snapshot, where MLflow's Datasets view shows
+    it and `sentimentops data pull` finds it. A version folder whose manifest names no pointer (a hand-made one in
+    a test) logs nothing; one that names a missing pointer is incomplete: a DataError."""
+    manifest = read_manifest(version, VersionManifest)
+    pointer = manifest.outputs.get("pointer")
+    if not pointer:
+        log.warning("train: %s names no DVC pointer: no dataset input logged", version)
+        return
+    if not (version / pointer).is_file():
+        raise DataError(f"{version} has no {pointer}: the version step's output is incomplete")
+    try:
+        source = read_manifest(dataset, IngestManifest).refs.source
+    except DataError:  # a dataset folder made by hand: its folder name is the best name there is
+        source = Path(dataset).resolve().name
+    logged = log_dataset(run_id, version / pointer, manifest.refs.dvc_remote or "", dataset_short_name(source),
+                         split_rows(dataset))
+    if not logged:
+        log.info("train: the run already holds dataset %s", manifest.refs.dvc_md5)
+
+
 def run_training(dataset: Path, version: Path, out: Path, settings: TrainSettings) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -132,17 +167,21 @@ def run_training(dataset: Path, version: Path, out: Path, settings: TrainSetting
                      seed=settings.seed, precision=settings.precision, max_length=settings.max_length,
                      checkpoint_every=settings.checkpoint_every, max_steps=settings.max_steps,
                      freeze_embeddings=settings.freeze_embeddings, freeze_layers=settings.freeze_layers)
-    dataset_md5 = read_manifest(version).refs.get("dvc_md5", "")
+    version_refs = read_manifest(version, VersionManifest).refs
+    dataset_md5 = version_refs.dvc_md5
     params = {**settings.model_dump(include={"epochs", "batch_size", "learning_rate", "max_length", "seed",
                                               "precision", "freeze_embeddings", "freeze_layers"}),
               "base_model": settings.base_model, "base_model_used": source, "offline_fallback": fallback,
               "train_rows": len(train_df), "validation_rows": len(val_df)}
     checkpoints = checkpoint_dir_for(settings, dataset, source)
-    tags = {"dataset.dvc_md5": dataset_md5, "run.reason": settings.run_reason, "workflow": settings.workflow_name}
+    tags = {DATASET_MD5_TAG: dataset_md5, DATASET_REMOTE_TAG: version_refs.dvc_remote or "",
+            "run.reason": settings.run_reason, "workflow": settings.workflow_name}
     with mlflow_run(settings, out, run_name=f"train-{settings.workflow_name}", tags=tags) as run:
         import mlflow
 
         mlflow.log_params(params)
+        if os.environ.get("RANK", "0") == "0":  # one writer: ranks of a torchrun would race on the same input
+            log_dataset_input(run.info.run_id, dataset, version)
 
         def on_log(log) -> None:
             metrics = {"train_loss": log.loss, "learning_rate": log.learning_rate,

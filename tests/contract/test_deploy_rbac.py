@@ -273,3 +273,34 @@ def test_the_sensor_can_submit_a_workflow_from_the_workflow_template(renders):
                     f"{name}: {account} cannot create Workflows"
                 assert "get" in allowed(rules, "argoproj.io", "workflowtemplates", template), \
                     f"{name}: {account} cannot get WorkflowTemplate {template} (argo submit validates the ref)"
+
+
+def _containers(template: dict) -> list[dict]:
+    """The containers an Argo template runs its step in (container, script, or a containerSet's)."""
+    return [c for c in (template.get("container"), template.get("script"),
+                        *((template.get("containerSet") or {}).get("containers") or [])) if c]
+
+
+def test_every_step_recording_its_image_can_read_its_own_pod(renders):
+    """A step with the image env reads its own pod for the image digest (steps/core/podimage.py): the Role bound
+    to the ServiceAccount its pod runs as (the template's, else the WorkflowTemplate's) must grant `get pods`.
+    Without it the digest is silently missed (best effort), so only this test can catch a lost rule."""
+    from sentimentops.steps.core.provenance import IMAGE_ENV
+
+    checked = 0
+    for name, docs in renders.items():
+        roles = {d["metadata"]["name"]: k8s_rules(d) for d in docs if d["kind"] == "Role"}
+        for workflow in (d for d in docs if d["kind"] == "WorkflowTemplate"):
+            for template in workflow["spec"]["templates"]:
+                if not any(e.get("name") == IMAGE_ENV for c in _containers(template) for e in c.get("env") or []):
+                    continue
+                account = template.get("serviceAccountName") or workflow["spec"].get("serviceAccountName")
+                where = f"{name}: {workflow['metadata']['name']}/{template['name']} (ServiceAccount {account})"
+                assert account, f"{where}: no ServiceAccount"
+                rules = [rule for b in docs if b["kind"] == "RoleBinding"
+                         and any(s.get("kind") == "ServiceAccount" and s["name"] == account
+                                 and s.get("namespace", NAMESPACE) == NAMESPACE for s in b.get("subjects", []))
+                         for rule in roles.get(b["roleRef"]["name"], [])]
+                assert "get" in allowed(rules, "", "pods"), f"{where} cannot get its own pod"
+                checked += 1
+    assert checked, f"no WorkflowTemplate step sets {IMAGE_ENV}: the check checked nothing"

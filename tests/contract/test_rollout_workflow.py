@@ -138,6 +138,7 @@ def test_each_step_retries_and_runs_as_the_rollout_service_account(doc):
         assert env["SENTIMENTOPS_MLFLOW_TRACKING_URI"] == "{{inputs.parameters.mlflow-tracking-uri}}"
         assert t["container"]["image"] == ("{{inputs.parameters.image-registry}}/sentimentops-rollout:"
                                            "{{inputs.parameters.image-tag}}")
+        assert env["SENTIMENTOPS_IMAGE"] == t["container"]["image"]  # the lineage's image (steps/core/manifests)
 
 
 def _cli_args(template: dict) -> list[str]:

@@ -154,7 +154,9 @@ def test_containers_call_the_stage_clis_of_docs_stages_md(doc):
         env = {e["name"]: e["value"] for e in c["env"]}
         expected = {"SENTIMENTOPS_PROFILE": "{{workflow.parameters.profile}}",
                     "SENTIMENTOPS_RUN_REASON": "{{workflow.parameters.reason}}",
-                    "SENTIMENTOPS_WORKFLOW_NAME": "{{workflow.name}}"}
+                    "SENTIMENTOPS_WORKFLOW_NAME": "{{workflow.name}}",
+                    # issue 13: the step records the image it ran in: the very expression of its `image`
+                    "SENTIMENTOPS_IMAGE": c["image"]}
         expected |= {var: f"{{{{workflow.parameters.{param}}}}}" for var, (param, stages) in STAGE_ENV.items()
                      if stage in stages}
         assert env == expected, stage

@@ -20,7 +20,8 @@ checkout links every top-level entry of this repository except its git metadata 
 reviews). The package is installed editable: the linked `steps/` and `workflows/` are the code under test, and they
 find their own files through `__file__` (profiles, demo reviews, rendered templates), while the commands' relative
 paths (`.sentimentops/...`, `../shared/data/...`) resolve in the scratch checkout. No `.git` link: DVC must not find
-a git repository above its workspace (lineage then records git SHA `unknown`).
+a git repository above its workspace (the recorded git SHA is still the real one: steps/core/manifests.git_sha asks
+git in the folder of the package's own files, which the editable install keeps in the real checkout).
 
 One state folder for the module, in the docs' order: the README's pipeline trains and registers the champion once
 (a module fixture), and the runbook's try-out, both rollout demos and the monitoring loop reuse its MLflow registry.
@@ -83,6 +84,8 @@ WEBHOOK = ("sentimentops drift webhook --run-root .sentimentops/retrains -p prof
 WATCH = ("sentimentops drift watch --records .sentimentops/predictions.jsonl --model-uri models:/sentiment@champion "
          "--webhook-url http://127.0.0.1:12000/retrain &")
 PREDICT = 'sentimentops predict --url http://127.0.0.1:8080 "A wonderful film."'
+LINEAGE = "sentimentops lineage --model-version 1"
+DATA_PULL = "sentimentops data pull --model-version 1 --out .sentimentops/restored"
 
 # Every local command the docs show -> the test that runs it as written. A doc command missing here fails
 # test_every_local_command_in_the_docs_is_tested_as_written; so does an entry the docs no longer show.
@@ -103,6 +106,8 @@ TESTED = {
     WATCH: "test_monitoring_loop_retrains_on_drift",
     # The runbook shows it behind a port-forward; here it asks the loop's predictor on the same 127.0.0.1:8080.
     PREDICT: "test_monitoring_loop_retrains_on_drift",
+    LINEAGE: "test_lineage_and_data_pull_follow_the_readme_version_back",
+    DATA_PULL: "test_lineage_and_data_pull_follow_the_readme_version_back",
 }
 # Local commands deliberately not run here, and where they are covered instead.
 EXCLUDED = {
@@ -284,6 +289,26 @@ def test_readme_pipeline_runs_every_stage_and_registers_the_champion(checkout, r
     assert decision["decision"]["promote"] is True, decision
     assert checkout.alias("champion") == decision["version"] == checkout.alias("challenger")
     assert "Succeeded: all tasks done" in done.stdout + done.stderr
+
+
+@pytest.mark.timeout(PIPELINE_TIMEOUT_S + 600)
+def test_lineage_and_data_pull_follow_the_readme_version_back(checkout, readme_pipeline):
+    """README "Following a prediction back", docs/lineage.md: version 1 (the README pipeline's) names its run, its
+    dataset and a real commit; `data pull` restores the very files train read (same content hash, same DVC md5)."""
+    from sentimentops.steps.core.manifests import hash_dir, read_manifest
+
+    assert readme_pipeline["done"].returncode == 0, tail(readme_pipeline["done"])
+    version = checkout.mlflow().get_model_version("sentiment", "1")
+    done = checkout.sh(LINEAGE, timeout=300)
+    assert done.returncode == 0, tail(done)
+    assert version.run_id in done.stdout and version.tags["dataset.dvc_md5"] in done.stdout, tail(done)
+    # A real commit, not `unknown`: git_sha asks git in the package's own folder, the real checkout.
+    assert re.search(r"^git\s+[0-9a-f]{40}$", done.stdout, re.MULTILINE), tail(done)
+    done = checkout.sh(DATA_PULL, timeout=600)
+    assert done.returncode == 0, tail(done)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["dvc_md5"] == version.tags["dataset.dvc_md5"]
+    (train_out,) = (checkout.path / readme_pipeline["run_dir"] / "train" / "outputs").iterdir()
+    assert hash_dir(checkout.state / "restored") == read_manifest(train_out).inputs["dataset"]
 
 
 @pytest.mark.timeout(PIPELINE_TIMEOUT_S + 900)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ from sentimentops.steps.core.processes import run, spawn, stop
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))
+REPO = Path(__file__).resolve().parents[2]
+SHA = re.compile(r"[0-9a-f]{40}")
 TASKS = ["ingest", "validate", "version", "train", "evaluate", "register"]
 
 
@@ -85,6 +88,7 @@ def test_one_version_registered_with_aliases_and_lineage_tags(resumed_run):
     assert version.tags["dataset.dvc_md5"] == version_manifest.refs["dvc_md5"]
     assert version.tags["mlflow_run_id"] == train_manifest.refs["mlflow_run_id"] == version.run_id
     assert version.tags["git_sha"] == train_manifest.git_sha
+    assert SHA.fullmatch(train_manifest.git_sha), train_manifest.git_sha  # a real commit, not `unknown` twice
     assert version.tags["run.reason"] == "integration-test"
     assert version.tags["promotion.decision"] == "promote"
     metrics = json.loads((outputs(run_dir, "evaluate") / "metrics.json").read_text())["challenger"]
@@ -122,6 +126,54 @@ def test_evaluate_logs_the_evidence_and_the_version_carries_its_card(resumed_run
     assert text.startswith("---\n") and "## Limitations" in text
     assert f"{float(version.tags['test_accuracy']):.3f}" in text
     assert version.tags["tfidf_test_accuracy"] == f"{metrics['baseline']['accuracy']:.6f}"
+
+
+def repo_head() -> str:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_lineage_names_the_commit_the_run_and_the_dataset(resumed_run):
+    """Issue 13: `sentimentops lineage` states the promise of the README's first lines for the registered version:
+    the real commit, the run, and the dataset (md5 = the version tag, the remote, rows per split). The run holds
+    the dataset as an MLflow input (digest = the DVC md5) and the `.dvc` pointer as an artifact, each once."""
+    home, run_dir = resumed_run["home"], resumed_run["run_dir"]
+    env = {**os.environ, "SENTIMENTOPS_HOME": str(home), "SENTIMENTOPS_GIT_SHA": ""}
+    done = run([CLI, "lineage", "--model-version", "1", "--json"], env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lineage = json.loads(done.stdout)
+    client = mlflow_client(home)
+    version = client.get_model_version("sentiment", "1")
+    assert SHA.fullmatch(lineage["git_sha"]) and lineage["git_sha"] == repo_head()
+    assert lineage["run_id"] == version.run_id and lineage["dataset"]["md5"] == version.tags["dataset.dvc_md5"]
+    assert lineage["dataset"]["remote"] == str(home / "dvc-remote") == version.tags["dataset.dvc_remote"]
+    ingest = read_manifest(outputs(run_dir, "ingest"))
+    assert lineage["dataset"]["rows"] == {s: int(ingest.metrics[f"{s}_rows"]) for s in ("train", "validation", "test")}
+    assert lineage["metrics"]["test_accuracy"] == pytest.approx(float(version.tags["test_accuracy"]))
+    assert lineage["images"] == {}  # a local run: no containers
+    assert version.description.split("\n")[0].endswith("images none recorded")
+    assert lineage["dataset"]["md5"] in version.description and lineage["git_sha"] in version.description
+    inputs = client.get_run(version.run_id).inputs.dataset_inputs
+    assert [i.dataset.digest for i in inputs] == [version.tags["dataset.dvc_md5"]]  # once, after a resume
+    assert [a.path for a in client.list_artifacts(version.run_id, "dataset")] == ["dataset/dataset.dvc"]
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{home}/mlflow.db")
+    info = mlflow.models.get_model_info("models:/sentiment/1")
+    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
+
+
+def test_data_pull_restores_the_dataset_the_version_was_trained_on(resumed_run):
+    home, run_dir = resumed_run["home"], resumed_run["run_dir"]
+    restored = home / "restored"
+    done = run([CLI, "data", "pull", "--model-version", "1", "--out", str(restored)],
+               env={**os.environ, "SENTIMENTOPS_HOME": str(home)}, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    version = mlflow_client(home).get_model_version("sentiment", "1")
+    assert summary["dvc_md5"] == version.tags["dataset.dvc_md5"]
+    assert hash_dir(restored) == read_manifest(outputs(run_dir, "train")).inputs["dataset"]
 
 
 def test_manifest_chain_links_every_step_to_its_inputs(resumed_run):

@@ -64,3 +64,16 @@ def test_the_version_step_stops_in_one_line_naming_the_variable(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "SENTIMENTOPS_VERSION_REMOTE" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_int8_path_is_open_in_the_cluster():
+    """Issue 13, item 4: cluster models were once served fp32 because register globbed the local runner's folders for
+    the test split. Now evaluate builds and judges the ONNX export on the test split it is handed (the template
+    passes ingest's `dataset` artifact: tests/contract/test_training_workflow.py) and register ships evaluate's
+    `onnx/`; in the gke profile the export is on and every test row is scored (no CPU cap)."""
+    from sentimentops.steps.evaluate.cli import EvaluateSettings
+    from sentimentops.steps.evaluate.onnx_export import ExportSettings
+
+    assert load_settings(ExportSettings, env=GKE).enabled
+    assert load_settings(EvaluateSettings, env=GKE).max_rows_cpu == 0
+    assert load_settings(EvaluateSettings, env={"SENTIMENTOPS_PROFILE": "local"}).max_rows_cpu > 0

@@ -291,9 +291,24 @@ def test_description_line_is_one_line_with_the_claim_and_its_lineage():
     line = description_line(card_inputs())
     assert "\n" not in line
     assert line == ("sentiment v7: 0.873 accuracy (TF-IDF 0.842) on 1,000 IMDB test reviews at 512 tokens; "
-                    "data md5 ab12cd34..., run 1f2e3d4c..., git 9c3d5e7...")
+                    "run 1f2e3d4c5b6a79880011, data md5 ab12cd34ef56ab78.dir at gs://bucket/dvc, "
+                    "git 9c3d5e7f0a1b2c3d4e5f, images none recorded")
     bare = description_line(card_inputs({}, dataset={}))
-    assert bare.startswith("sentiment v7: accuracy not measured at 512 tokens; data md5 unknown")
+    assert bare.startswith("sentiment v7: accuracy not measured at 512 tokens; run 1f2e3d4c5b6a79880011, "
+                           "data md5 unknown, git")
+
+
+def test_description_line_names_each_stage_image_by_name_tag_and_digest():
+    """Issue 13: the images each stage ran in are part of the lineage line; the registry part is dropped there (the
+    version's image.<stage> tags keep the full ref@digest) and the digest is shortened to 12 hex digits."""
+    digest = "sha256:" + "0123456789ab" + "f" * 52
+    images = {"train": f"europe-docker.pkg.dev/p/r/sentimentops-train:0.1.0@{digest}",
+              "evaluate": "europe-docker.pkg.dev/p/r/sentimentops-evaluate:0.1.0"}
+    line = description_line(card_inputs(images=images))
+    assert line.endswith("images train sentimentops-train:0.1.0@sha256:0123456789ab, "
+                         "evaluate sentimentops-evaluate:0.1.0")
+    _, body = split_card(render_model_card(card_inputs(images=images)))
+    assert f"| Image (train) | {images['train']} |" in body
 
 
 # ------------------------------------------------------------------------------------------------ manifests

@@ -63,3 +63,30 @@ def test_empty_or_missing_folder_is_refused(home, tmp_path, caplog):
     assert "no parquet files" in caplog.text
     assert version_main(["--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
     assert "does not exist" in caplog.text and not (tmp_path / "o").exists()
+
+
+def test_a_workspace_inside_the_checkout_and_a_pull_from_the_root(tmp_path, monkeypatch):
+    """`make run`'s layout: home `.sentimentops` under a git checkout holding the committed .dvc/config. The version
+    step's own workspace (no git) is not disturbed by the DVC project around it, and `dvc pull` at the root, through
+    the committed remote `local`, restores what the step pushed."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    from sentimentops.steps.core.snapshots import CHECKOUT_CONFIG
+
+    root = tmp_path / "checkout"
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / ".gitignore").write_text(".sentimentops/\n")
+    (root / ".dvc").mkdir()
+    shutil.copy2(CHECKOUT_CONFIG, root / ".dvc" / "config")
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("SENTIMENTOPS_HOME", raising=False)  # the default home, relative to the cwd
+    monkeypatch.setenv("SENTIMENTOPS_PROFILE", "local")
+    dataset = write_dataset(tmp_path / "ds", ["good film", "bad film"])
+    assert version_main(["--dataset", str(dataset), "--out", str(tmp_path / "out")]) == 0
+    assert (root / ".sentimentops" / "dvc-workspace" / "dataset.dvc").is_file()
+    shutil.copy2(tmp_path / "out" / "dataset.dvc", root / "dataset.dvc")
+    Repo(str(root)).pull()  # the committed default remote: ../.sentimentops/dvc-remote from .dvc/
+    restored = pd.read_parquet(root / "dataset" / "train.parquet")
+    assert restored["text"].tolist() == ["good film", "bad film"]

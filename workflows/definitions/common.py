@@ -22,6 +22,7 @@ from hera.workflows.models import (
 )
 
 from sentimentops.steps.core.errors import NOT_RETRIED as NOT_RETRIED_EXIT_CODES
+from sentimentops.steps.core.manifests import IMAGE_ENV
 
 # Artifacts live at fixed container paths; the args reference them through {{inputs/outputs.artifacts.X.path}},
 # so the local runner can map them into its run folder without knowing these strings.
@@ -80,6 +81,15 @@ def stage_image(stage: str, scope: str = "workflow.parameters") -> str:
     """`<registry>/sentimentops-<stage>:<tag>` from the registry and tag parameters in `scope` (the workflow's, or
     a template's own inputs in the rollout template, which takes every value as an input)."""
     return f"{{{{{scope}.image-registry}}}}/sentimentops-{stage}:{{{{{scope}.image-tag}}}}"
+
+
+def lineage_env(image: str) -> list[Env]:
+    """What a step records about where it ran (steps/core/manifests.py `image`): SENTIMENTOPS_IMAGE, the very
+    expression of the container's `image`. The digest the kubelet pulled comes from the step's own pod status
+    (steps/core/podimage.py; `get pods` in the chart's executor Role), found by HOSTNAME, which Kubernetes sets to
+    the pod's name: no downward-API variable, whose `valueFrom` the local runner refuses (workflows/argo/spec.py
+    runs only what exists on this machine)."""
+    return [Env(name=IMAGE_ENV, value=image)]
 
 
 def labels(component: str, pkg_version: str) -> dict[str, str]:

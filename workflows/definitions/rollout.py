@@ -48,6 +48,7 @@ from sentimentops.workflows.definitions.common import (
     REASON_PARAM,
     WorkflowParam,
     image_params,
+    lineage_env,
     notify_container,
     package_version,
     retry,
@@ -139,9 +140,10 @@ def step_container(step: RolloutStep) -> Container:
     outputs: list[Artifact | Parameter] = [Artifact(name=step.output, path=out_path)]
     if step.command == "analyse":
         outputs.append(Parameter(name="decision", value_from=ValueFrom(path=f"{out_path}/decision")))
+    image = stage_image("rollout", scope="inputs.parameters")
     return Container(
         name=step.task,
-        image=stage_image("rollout", scope="inputs.parameters"),
+        image=image,
         command=["sentimentops"],
         args=args,
         inputs=[Parameter(name=p) for p in (*step.params, *CONTEXT_PARAMS)],
@@ -149,7 +151,7 @@ def step_container(step: RolloutStep) -> Container:
         env=[Env(name="SENTIMENTOPS_PROFILE", value=_input("profile")),
              Env(name="SENTIMENTOPS_RUN_REASON", value=_input("reason")),
              Env(name="SENTIMENTOPS_MLFLOW_TRACKING_URI", value=_input("mlflow-tracking-uri")),
-             Env(name="SENTIMENTOPS_WORKFLOW_NAME", value="{{workflow.name}}")],
+             Env(name="SENTIMENTOPS_WORKFLOW_NAME", value="{{workflow.name}}"), *lineage_env(image)],
         resources=Resources(cpu_request="100m", memory_request="256Mi"),
         retry_strategy=_retry(step.retry_limit),
         active_deadline_seconds=step.deadline_s,

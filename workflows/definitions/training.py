@@ -54,6 +54,7 @@ from sentimentops.workflows.definitions.common import (
     REASON_PARAM,
     WorkflowParam,
     image_params,
+    lineage_env,
     notify_container,
     package_version,
     stage_image,
@@ -180,16 +181,17 @@ def stage_container(stage: Stage) -> Container:
     outputs: list[Artifact | Parameter] = [Artifact(name=stage.output, path=out_path)]
     # Output parameters are files inside the stage's output folder (register writes `promoted` there).
     outputs += [Parameter(name=p, value_from=ValueFrom(path=f"{out_path}/{p}")) for p in stage.output_params]
+    image = stage_image(stage.name)
     return Container(
         name=stage.name,
-        image=stage_image(stage.name),
+        image=image,
         command=["sentimentops"],
         args=args,
         inputs=[Parameter(name=p) for p in stage.params]
         + [Artifact(name=a, path=f"{INPUT_ROOT}/{a}") for a in stage.inputs],
         outputs=outputs,
         env=[Env(name=var, value=f"{{{{workflow.parameters.{param}}}}}") for var, param in (*STAGE_ENV, *stage.env)]
-        + [Env(name="SENTIMENTOPS_WORKFLOW_NAME", value="{{workflow.name}}")],
+        + [Env(name="SENTIMENTOPS_WORKFLOW_NAME", value="{{workflow.name}}"), *lineage_env(image)],
         resources=stage.resources,
         retry_strategy=stage.retry,
         active_deadline_seconds=stage.deadline_s,
