@@ -26,6 +26,8 @@ STAGES = {
     "notify": "sentimentops.steps.notify",
     "lineage": "sentimentops.steps.lineage.cli",
     "data": "sentimentops.steps.lineage.data",
+    "feedback": "sentimentops.steps.feedback.cli",
+    "score": "sentimentops.steps.score.cli",
 }
 # Orchestration commands live in workflows/ (which knows the stages only through this CLI).
 WORKFLOW_COMMANDS = {"render", "pipeline", "check"}
@@ -37,6 +39,7 @@ serving:    serve (the KServe predictor), predict (send reviews to a running ser
 demo:       quickstart (the main job: the whole DAG locally, then a served prediction)
 delivery:   rollout (the canary), drift (the monitor), notify (a workflow's outcome to Slack: the exit handler)
 lineage:    lineage (a model version's run, metrics, dataset, commit, images), data pull (restore its dataset)
+production: feedback import (labels from a labelling tool), score (batch scoring with the champion)
 workflows:  render [--check] (write the Argo YAML), pipeline run ... (run the rendered DAG locally),
             check FILE... (strict schema checks of manifests)
 Run `sentimentops <command> --help` for a command's flags."""

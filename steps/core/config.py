@@ -41,7 +41,7 @@ DEFAULT_PROFILE = "local"
 # The profile file's sections: `common` and one per step's settings class (`section`). A section not listed here is
 # a typo in a profile (tests/unit/test_config_manifest.py checks every settings class's section is listed).
 SECTIONS = ("common", "ingest", "validate", "version", "train", "evaluate", "register", "export", "serve",
-            "rollout", "drift", "notify")
+            "rollout", "drift", "notify", "feedback", "score")
 # The environment `load_settings` reads (None: os.environ); direct construction reads none.
 _LAYERED_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("_LAYERED_ENV", default=None)
 _LAYERED: ContextVar[bool] = ContextVar("_LAYERED", default=False)
@@ -67,6 +67,9 @@ class CommonSettings(BaseSettings):
     allow_offline_fallback: bool = Field(
         True, description="When the Hugging Face hub is unreachable, fall back to local data and an offline model."
     )
+    production_store: str = Field(
+        "{home}/production", description="Where production data lives (steps/core/production.py): the predictor's "
+        "captured requests and feedback labels, read by ingest; a local folder or gs://BUCKET/PREFIX; empty: none.")
     run_reason: str = Field("manual", description="Why this pipeline run started (manual, cron, drift: ...).")
     workflow_name: str = Field("local", description="Argo workflow name (or the local run folder's name).")
 

@@ -17,6 +17,7 @@ import asyncio
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,13 +29,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sentimentops.steps.core.contract import label_of
+from sentimentops.steps.core.contract import LABELS, label_of
 from sentimentops.steps.core.explain import Explainer, Explanation, WordWeight, backend_scorer
 from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.manifests import git_sha
+from sentimentops.steps.core.production import (
+    MIRROR_HEADER,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_PATTERN,
+    parse_label,
+    sane_request_id,
+    text_feedback_id,
+)
 from sentimentops.steps.core.psi import RECORD_DECIMALS
 from sentimentops.steps.serve import faults
+from sentimentops.steps.serve.capture import Production
 from sentimentops.steps.serve.errors import (
+    Conflict,
     InvalidInput,
     NotFound,
     NotReady,
@@ -67,6 +78,21 @@ PREDICTION_FIELDS: dict[str, Any] = {
     "model_name": {"type": "string"}, "model_version": {"type": "string"}}
 PREDICTION = {"type": "object", "properties": PREDICTION_FIELDS}
 ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+REQUEST_ID = {"type": "string", "description": f"the request id, also the {REQUEST_ID_HEADER} header: the client's "
+              f"header when it matches {REQUEST_ID_PATTERN.pattern}, else made here (also when this replica already "
+              "captured that id: a capture id names one text)"}
+LABEL_IN = {"oneOf": [{"type": "string", "description": "a label name or its first three letters, any case, or the "
+                       "class id as a string", "enum": [*LABELS, *(n[:3] for n in LABELS),
+                                                        *(str(i) for i in range(len(LABELS)))]},
+                      {"type": "integer", "enum": list(range(len(LABELS)))}]}
+FEEDBACK_BODY = {"type": "object", "required": ["label"], "additionalProperties": False, "properties": {
+    "id": {"type": "string", "minLength": 1, "description": "a captured instance's id (capture must be on)"},
+    "text": {"type": "string", "minLength": 1, "description": "the text labelled (instead of id)"},
+    "label": LABEL_IN}}
+FEEDBACK_ANSWER = {"type": "object", "properties": {
+    "id": {"type": "string"}, "label": {"type": "string", "enum": list(LABELS)},
+    "predicted": {"type": "string", "enum": list(LABELS)}, "correct": {"type": "boolean"},
+    "model_version": {"type": "string"}, "status": {"type": "string", "enum": ["recorded", "duplicate"]}}}
 WORD = {"type": "object", "properties": {
     "word": {"type": "string"}, "start": {"type": "integer"}, "end": {"type": "integer"},
     "weight": {"type": "number", "description": "P(positive) minus P(positive) without the word"}}}
@@ -94,10 +120,17 @@ def _word(w: WordWeight) -> dict[str, Any]:
     return {"word": w.word, "start": w.start, "end": w.end, "weight": round(w.weight, RECORD_DECIMALS)}
 
 
-def _body(schema: dict, answer: dict) -> dict:
-    responses = {"200": {"description": "predictions", "content": {"application/json": {"schema": answer}}}}
-    for code, what in (("400", "invalid input"), ("413", "payload or instance count too large"),
-                       ("415", "not JSON"), ("503", "overloaded or not ready (Retry-After)")):
+ERROR_CODES = (("400", "invalid input"), ("404", "unknown model name"), ("413", "payload or instance count too large"),
+               ("415", "not JSON"), ("503", "overloaded or not ready (Retry-After)"))
+FEEDBACK_ERRORS = (("400", "invalid body or label"), ("404", "unknown id, capture off, or no production store"),
+                   ("409", "the id already has another label"), ("413", "payload too large"), ("415", "not JSON"),
+                   ("503", "not ready, or labels are waiting for storage (Retry-After)"))
+
+
+def _body(schema: dict, answer: dict, errors: tuple[tuple[str, str], ...] = ERROR_CODES) -> dict:
+    responses = {"200": {"description": "answer", "content": {"application/json": {"schema": answer}},
+                         "headers": {REQUEST_ID_HEADER: {"schema": REQUEST_ID}}}}
+    for code, what in errors:
         responses[code] = {"description": what, "content": {"application/json": {"schema": ERROR}}}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
             "responses": responses}
@@ -176,8 +209,37 @@ def parse_v2(payload: Any) -> tuple[list[str], str | None, list[str]]:
     return texts, request_id, names or ["label", "probability"]
 
 
+def request_id_of(request: Request) -> str:
+    """The client's X-Request-Id when it is sane (production.REQUEST_ID_PATTERN), else a fresh one."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if sane_request_id(given) else uuid.uuid4().hex
+
+
+def parse_feedback(payload: Any) -> tuple[str | None, str | None, int]:
+    """POST /v1/feedback body -> (id, text, class id): exactly one of id and text, and a label."""
+    if not isinstance(payload, dict) or "label" not in payload:
+        raise InvalidInput('expected {"id": "<request id>", "label": ...} or {"text": "...", "label": ...}')
+    unknown = set(payload) - {"id", "text", "label"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)}: expected id or text, and label")
+    if ("id" in payload) == ("text" in payload):
+        raise InvalidInput('give exactly one of "id" (a captured request) and "text"')
+    try:
+        label = parse_label(payload["label"])
+    except ValueError as err:
+        raise InvalidInput(str(err)) from None
+    if "id" in payload:
+        if not isinstance(payload["id"], str) or not payload["id"]:
+            raise InvalidInput('"id" must be a non-empty string')
+        return payload["id"], None, label
+    text = payload["text"]
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput('"text" must be a non-empty string')
+    return None, text, label
+
+
 def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: bool = True,
-               explain: ExplainSettings | None = None) -> FastAPI:
+               explain: ExplainSettings | None = None, production: Production | None = None) -> FastAPI:
     state: dict[str, bool | str | None] = {"draining": False, "load_error": None}
     fault = faults.from_env()  # off unless SENTIMENTOPS_SERVE_FAULT_* is set (canary tests)
     explain = explain or ExplainSettings()
@@ -218,9 +280,15 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
     async def lifespan(app: FastAPI):
         if not model.ready and load_in_background:
             threading.Thread(target=load, name="model-load", daemon=True).start()
+        if production is not None:
+            production.start()
         yield
-        await asyncio.to_thread(model.stop)  # after uvicorn drained the connections: finish the queue
-        explain_pool.shutdown(wait=False)
+        try:
+            await asyncio.to_thread(model.stop)  # after uvicorn drained the connections: finish the queue
+            explain_pool.shutdown(wait=False)
+        finally:
+            if production is not None:
+                await asyncio.to_thread(production.stop)  # the last captures and labels go to the store
 
     app = FastAPI(title="sentimentops predictor", version="1", lifespan=lifespan,
                   description="KServe V1/V2 sentiment predictor; see docs/serving.md")
@@ -243,10 +311,13 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             log.error("internal error", exc_info=exc)
         return JSONResponse(body, status.code, headers), status.code, status.reason
 
-    async def handle(protocol: str, request: Request, name: str | None, answer: Callable[[Any], Any],
+    async def handle(protocol: str, request: Request, name: str | None, answer: Callable[[Any, dict], Any],
                      observe: Callable[[str, int, float, str | None], None] = metrics.observe_request) -> Response:
         start = time.perf_counter()
         reason = None
+        # an answer may replace the id (V2: the body's own id); a router's mirrored copy is answered, not captured
+        context: dict[str, Any] = {"rid": request_id_of(request),
+                                   "mirror": request.headers.get(MIRROR_HEADER) is not None}
         try:
             if name is not None:
                 check_name(name)
@@ -254,30 +325,50 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             if fault:
                 await fault.apply()
             payload = await read_json(request, model.options.limits.max_payload_bytes)
-            response, code = JSONResponse(await answer(payload)), 200
+            response, code = JSONResponse(await answer(payload, context)), 200
         except Exception as exc:  # noqa: BLE001 - the status table decides, nothing escapes as a bare 500
             response, code, reason = fail(exc)
+        response.headers[REQUEST_ID_HEADER] = context["rid"]
         observe(protocol, code, time.perf_counter() - start, reason)
         return response
 
-    async def v1_answer(payload: Any) -> dict:
-        texts = parse_instances(payload)
-        return {"predictions": model.render(await model.predict_async(texts))}
+    def capture(context: dict[str, Any], texts: list[str], probs: Any) -> None:
+        """Sampled requests into the capture buffer: memory only, and never a failed request. A client that reuses
+        an id this replica captured (V2 bodies all numbered "1") gets a fresh one in the X-Request-Id header, so a
+        capture id always names one text and feedback cannot label the wrong one."""
+        if production is None or not production.capturing or not production.sampled():
+            return
+        try:
+            context["rid"] = production.unique_id(context["rid"])
+            production.capture(context["rid"], texts, probs, model.info.name, model.info.version)
+        except Exception:  # a capture bug must not fail the prediction it would have recorded
+            log.exception("capture failed; the request is answered without it")
+            metrics.capture_dropped.labels("error").inc(len(texts))
 
-    async def v2_answer(payload: Any) -> dict:
-        texts, request_id, names = parse_v2(payload)
+    async def v1_answer(payload: Any, context: dict) -> dict:
+        texts = parse_instances(payload)
         probs = await model.predict_async(texts)
+        if not context["mirror"]:
+            capture(context, texts, probs)
+        return {"id": context["rid"], "predictions": model.render(probs)}
+
+    async def v2_answer(payload: Any, context: dict) -> dict:
+        texts, request_id, names = parse_v2(payload)
+        if sane_request_id(request_id):
+            context["rid"] = request_id
+        probs = await model.predict_async(texts)
+        if not context["mirror"]:
+            capture(context, texts, probs)
         tensors = {"label": {"name": "label", "datatype": "BYTES", "shape": [len(texts)],
                              "data": [label_of(p) for p in probs]},
                    "probability": {"name": "probability", "datatype": "FP32", "shape": [len(texts)],
                                    "data": [round(float(p), RECORD_DECIMALS) for p in probs]}}
         out = {"model_name": model.info.name, "model_version": model.info.version,
                "outputs": [tensors[n] for n in names]}
-        if request_id is not None:
-            out["id"] = request_id
+        out["id"] = request_id if request_id is not None else context["rid"]
         return out
 
-    async def explain_answer(payload: Any) -> dict:
+    async def explain_answer(payload: Any, context: dict) -> dict:
         texts = parse_instances(payload)
         if len(texts) > explain.max_instances:
             raise InvalidInput(f"{len(texts)} instances: at most {explain.max_instances} per :explain request "
@@ -290,17 +381,73 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             found = await asyncio.get_running_loop().run_in_executor(explain_pool, explain_texts, texts)
         finally:
             explain_state["waiting"] -= 1
-        return {"explanations": [
+        return {"id": context["rid"], "explanations": [
             {"label": e.label, "probability": round(e.p_positive, RECORD_DECIMALS), "model_name": model.info.name,
              "model_version": model.info.version, "method": e.method, "occlusion": e.occlusion,
              "words": [_word(w) for w in e.words], "top": [_word(w) for w in e.top],
              "attributed_words": e.attributed_words, "total_words": e.total_words, "truncated": e.truncated,
              "forward_passes": e.forward_passes} for e in found]}
 
+    # Text feedback is scored here, unbatched and off the event loop, like a prediction but not counted as one
+    # (no prediction metrics, no drift record, no capture): a label is not traffic. Two at a time at most.
+    feedback_slots = asyncio.Semaphore(2)
+
+    def remembered(feedback_id: str, label: int) -> dict | None:
+        """The duplicate answer for an id this replica already accepted; Conflict for another label."""
+        prior = production.memo.get(feedback_id) if production is not None else None
+        if prior is None:
+            return None
+        if prior["label"] != LABELS[label]:
+            raise Conflict(f"id {feedback_id!r} already has the label {prior['label']!r}: the first label stands")
+        return {**prior, "status": "duplicate"}
+
+    async def feedback_answer(payload: Any, context: dict) -> dict:
+        if production is None or production.store is None:
+            raise NotFound("feedback is off: this predictor has no production store (production_store)")
+        given_id, text, label = parse_feedback(payload)
+        if given_id is not None:
+            if not production.capturing:
+                raise NotFound(f"id {given_id!r}: capture is off on this predictor, so no request id can be "
+                               'looked up; send {"text": ..., "label": ...} instead')
+            feedback_id, origin = given_id, "api:id"
+            found = remembered(feedback_id, label)
+            if found is not None:
+                return found
+            captured = production.index.get(feedback_id)
+            if captured is None:
+                raise NotFound(f"id {feedback_id!r} is not among the {production.settings.index} most recent "
+                               "instances this replica captured (ids are kept in memory per replica, recent "
+                               'ones only); send {"text": ..., "label": ...} instead')
+            text, predicted, version = captured.text, captured.predicted, captured.model_version
+        else:
+            assert text is not None, "parse_feedback returns an id or a text"
+            feedback_id, origin = text_feedback_id(text), "api:text"
+            found = remembered(feedback_id, label)
+            if found is not None:
+                return found
+            async with feedback_slots:
+                scored = (await asyncio.to_thread(model.predict_texts, [text]))[0]
+            found = remembered(feedback_id, label)  # the same text may have been labelled while it was scored
+            if found is not None:
+                return found
+            predicted, version = LABELS.index(scored["label"]), model.info.version
+        row = {"id": feedback_id, "ts": time.time(), "text": text, "label": label, "predicted": predicted,
+               "model_version": version, "origin": origin}
+        if not production.feedback.offer([row]):
+            raise Overloaded(f"{len(production.feedback)} labels are waiting for the production store: retry "
+                             "later (nothing was recorded)")
+        correct = label == predicted
+        out = {"id": feedback_id, "label": LABELS[label], "predicted": LABELS[predicted], "correct": correct,
+               "model_version": version, "status": "recorded"}
+        production.memo.put(feedback_id, out)
+        metrics.feedback.labels(version, "true" if correct else "false").inc()
+        return out
+
     v1_extra = _body(V1_BODY, {"type": "object", "properties": {
-        "predictions": {"type": "array", "items": PREDICTION}}})
+        "id": REQUEST_ID, "predictions": {"type": "array", "items": PREDICTION}}})
     v2_extra = _body(V2_BODY, {"type": "object", "properties": {
-        "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+        "model_name": {"type": "string"}, "model_version": {"type": "string"},
+        "id": {"type": "string", "description": "the request's own id if given, else the generated one"},
         "outputs": {"type": "array"}}})
 
     @app.post("/v1/models/{model_name}:predict", openapi_extra=v1_extra, tags=["v1"])
@@ -308,7 +455,7 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
         return await handle("v1", request, model_name, v1_answer)
 
     @app.post("/v1/models/{model_name}:explain", openapi_extra=_body(V1_BODY, {"type": "object", "properties": {
-        "explanations": {"type": "array", "items": EXPLANATION}}}), tags=["v1"])
+        "id": REQUEST_ID, "explanations": {"type": "array", "items": EXPLANATION}}}), tags=["v1"])
     async def v1_explain(model_name: str, request: Request):
         return await handle("explain", request, model_name, explain_answer, metrics.observe_explain)
 
@@ -319,6 +466,10 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
     @app.post("/v2/models/{model_name}/infer", openapi_extra=v2_extra, tags=["v2"])
     async def v2_infer(model_name: str, request: Request):
         return await handle("v2", request, model_name, v2_answer)
+
+    @app.post("/v1/feedback", openapi_extra=_body(FEEDBACK_BODY, FEEDBACK_ANSWER, FEEDBACK_ERRORS), tags=["feedback"])
+    async def feedback(request: Request):
+        return await handle("feedback", request, None, feedback_answer, metrics.observe_feedback)
 
     def readiness(body: Callable[[], dict]) -> Response:
         try:

@@ -46,7 +46,11 @@ class InputTooLong(ServeError):
 
 
 class NotFound(ServeError):
-    """An unknown model name in the path."""
+    """An unknown model name in the path; feedback for an id this replica did not capture (or capture is off)."""
+
+
+class Conflict(ServeError):
+    """Feedback for an id that already has a different label (the first label stands; docs/serving.md)."""
 
 
 class Overloaded(ServeError):
@@ -70,6 +74,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], Status], ...] = (
     (KServeInvalidInput, Status(400, "invalid_input")),
     (InputTooLong, Status(400, "invalid_input")),
     (NotFound, Status(404, "invalid_input")),
+    (Conflict, Status(409, "invalid_input")),
     (PayloadTooLarge, Status(413, "payload_too_large")),
     (UnsupportedMediaType, Status(415, "invalid_input")),
     (Overloaded, Status(503, "overloaded", retry_after=True)),

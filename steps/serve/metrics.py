@@ -51,6 +51,30 @@ class Metrics:
         self.explain_passes = Counter("sentiment_explain_forward_passes",
                                       "Instances scored for explanations (original + one per occluded word).",
                                       registry=r)
+        # Production data (docs/serving.md, Capture and feedback): the capture never fails a request, so its
+        # trouble shows here only (dropped rows, failed writes), and feedback has its own request series for the
+        # same reason as :explain (it is not traffic the alerts and the canary analysis judge).
+        self.captured = Counter("sentiment_captured", "Instances captured (sampled and buffered for storage).",
+                                registry=r)
+        self.capture_dropped = Counter("sentiment_capture_dropped", "Sampled instances not captured.", ["reason"],
+                                       registry=r)
+        self.capture_writes = Counter("sentiment_capture_writes", "Capture part writes to the production store.",
+                                      ["outcome"], registry=r)
+        self.capture_buffered = Gauge("sentiment_capture_buffered", "Captured rows waiting to be written.",
+                                      registry=r)
+        self.feedback = Counter("sentiment_feedback", "Feedback labels accepted (once per id), by whether the "
+                                "model version's prediction was right.", ["model_version", "correct"], registry=r)
+        self.feedback_requests = Counter("sentiment_feedback_requests", "POST /v1/feedback answers.", ["status"],
+                                         registry=r)
+        self.feedback_writes = Counter("sentiment_feedback_writes", "Feedback part writes to the production store.",
+                                       ["outcome"], registry=r)
+        self.feedback_buffered = Gauge("sentiment_feedback_buffered", "Feedback rows waiting to be written.",
+                                       registry=r)
+        for outcome in ("ok", "error"):
+            self.capture_writes.labels(outcome)
+            self.feedback_writes.labels(outcome)
+        self.capture_dropped.labels("buffer_full")
+        self.feedback_requests.labels("200")
         self.explain_requests.labels("200")
         self.explain_duration.labels("200")
         # Zero-initialised series, so rate() and ratios exist from the first scrape: a series that first appears
@@ -74,6 +98,10 @@ class Metrics:
         self.explain_duration.labels(str(status)).observe(seconds)
         self.explain_requests.labels(str(status)).inc()
 
+    def observe_feedback(self, protocol: str, status: int, seconds: float, reason: str | None) -> None:
+        """observe_request's signature (the app passes either); the reason is in the status and the body."""
+        self.feedback_requests.labels(str(status)).inc()
+
     def observe_batch(self, lengths: list[int], truncated: int, probs) -> None:
         self.batch_size.observe(len(lengths))
         for n in lengths:
@@ -88,6 +116,10 @@ class Metrics:
     def set_model(self, name: str, version: str, run_id: str, backend: str) -> None:
         self.model_info.clear()
         self.model_info.labels(name, version, run_id, backend).set(1)
+        # The served version's feedback series exist at 0 from the start: increase() cannot see a counter's first
+        # count when its series appears already above 0, so the canary's first labels would go uncounted.
+        for correct in ("true", "false"):
+            self.feedback.labels(version, correct)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

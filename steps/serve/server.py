@@ -60,6 +60,21 @@ class ServeSettings(CommonSettings):
                                    "instance (1 + this many forward passes); the rest is reported as not attributed.")
     explain_max_waiting: int = Field(4, ge=0, description=":explain requests queued behind the running one (503 "
                                      "beyond).")
+    capture_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests whose texts and predictions "
+                                "are captured to the production store (0: off, the default; 1: all). Request texts are "
+                                "captured only when this is above 0; a feedback label always keeps the text it labels.")
+    capture_buffer: int = Field(10_000, ge=1, description="Captured rows held in memory at most while storage is "
+                                "slow or down; captures beyond it are dropped and counted.")
+    capture_flush_rows: int = Field(500, ge=1, description="A capture part is written once this many rows wait.")
+    capture_flush_s: float = Field(30.0, gt=0, description="... or once the oldest waited this many seconds; also "
+                                   "the retry interval after a failed write.")
+    capture_index: int = Field(20_000, ge=1, description="Recent captured instances (per replica, in memory) that "
+                               "feedback by id can name.")
+    capture_seed: int | None = Field(None, description="Seed of the capture sampler (tests); unset: random.")
+    feedback_buffer: int = Field(1_000, ge=1, description="Feedback labels held in memory while waiting for "
+                                 "storage; beyond it POST /v1/feedback answers 503 (refused, not dropped).")
+    feedback_flush_rows: int = Field(50, ge=1, description="A feedback part is written once this many labels wait.")
+    feedback_flush_s: float = Field(5.0, gt=0, description="... or once the oldest waited this many seconds.")
 
 
 def resolve(uri: str, settings: CommonSettings, cache: Path) -> tuple[Path, ModelInfo]:
@@ -79,6 +94,8 @@ def resolve(uri: str, settings: CommonSettings, cache: Path) -> tuple[Path, Mode
 def options_from(settings: ServeSettings) -> ServeOptions:
     if settings.truncation not in ("truncate", "reject"):
         raise UsageError(f"truncation must be truncate or reject, got {settings.truncation!r}")
+    if settings.capture_rate > 0 and not settings.production_store:
+        raise UsageError("capture_rate > 0 needs a production_store (a folder or gs://BUCKET/PREFIX)")
     return ServeOptions(
         backend=settings.backend, threads=settings.threads, workers=settings.workers, log_text=settings.log_text,
         limits=Limits(max_payload_bytes=settings.max_payload_bytes, max_instances=settings.max_instances,
@@ -87,6 +104,24 @@ def options_from(settings: ServeSettings) -> ServeOptions:
                                max_queue=settings.max_queue, max_batch_tokens=settings.max_batch_tokens,
                                max_padding=settings.max_padding, solo_max_tokens=settings.solo_max_tokens,
                                wait_when_idle=settings.wait_when_idle))
+
+
+def production_from(settings: ServeSettings, metrics):
+    """Capture and feedback state, or None without a production store (feedback then answers 404)."""
+    from sentimentops.steps.core.production import Store
+    from sentimentops.steps.serve.capture import CaptureSettings, Production
+
+    if not settings.production_store:
+        return None
+    try:
+        store = Store(settings.production_store)
+    except ValueError as err:
+        raise UsageError(f"production_store {settings.production_store!r}: {err}") from err
+    return Production(store, CaptureSettings(
+        rate=settings.capture_rate, buffer=settings.capture_buffer, flush_rows=settings.capture_flush_rows,
+        flush_s=settings.capture_flush_s, index=settings.capture_index, seed=settings.capture_seed,
+        feedback_buffer=settings.feedback_buffer, feedback_flush_rows=settings.feedback_flush_rows,
+        feedback_flush_s=settings.feedback_flush_s), metrics)
 
 
 def build(folder: Path, info: ModelInfo, settings: ServeSettings):
@@ -100,7 +135,10 @@ def build(folder: Path, info: ModelInfo, settings: ServeSettings):
     model = SentimentModel(info.name, folder, info, options_from(settings), metrics=metrics, records=records)
     explain = ExplainSettings(max_instances=settings.explain_max_instances, max_words=settings.explain_max_words,
                               max_waiting=settings.explain_max_waiting)
-    return model, create_app(model, metrics, explain=explain)
+    if settings.capture_rate > 0:
+        log.info("capture on: %.0f%% of requests (texts and predictions) to %s", 100 * settings.capture_rate,
+                 settings.production_store)
+    return model, create_app(model, metrics, explain=explain, production=production_from(settings, metrics))
 
 
 def run(app, settings: ServeSettings) -> None:

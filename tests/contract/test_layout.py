@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 ROOTS = {"sentimentops.steps": REPO / "steps", "sentimentops.workflows": REPO / "workflows"}
 SKIP_DIRS = {"schemas", "rendered", "profiles", "demo", "__pycache__"}
 
-STAGES = ("ingest", "validate", "version", "train", "evaluate", "register", "serve", "rollout", "drift", "notify", "lineage")
+STAGES = ("ingest", "validate", "version", "train", "evaluate", "register", "serve", "rollout", "drift", "notify", "lineage",
+          "feedback", "score")
 S, W = "sentimentops.steps", "sentimentops.workflows"
 # (module prefix, the prefixes it may import). The longest matching prefix decides.
 RULES: dict[str, tuple[str, ...]] = {

@@ -132,7 +132,9 @@ def test_v1_both_instance_shapes_typed_answers(server):
 
 def test_plain_predict_is_v1(server):
     body = {"instances": ["a fine film", "dull"]}
-    assert server.call("/predict", body)[1] == server.call("/v1/models/sentiment:predict", body)[1]
+    plain, v1 = server.call("/predict", body)[1], server.call("/v1/models/sentiment:predict", body)[1]
+    assert plain["predictions"] == v1["predictions"] and set(plain) == set(v1) == {"id", "predictions"}
+    assert plain["id"] != v1["id"]  # each request its own id
 
 
 def test_v2_infer_typed_tensors_and_id(server):

@@ -33,6 +33,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
     (errors.NotFound("x"), 404, "invalid_input"),
     (errors.PayloadTooLarge("x"), 413, "payload_too_large"),
     (errors.UnsupportedMediaType("x"), 415, "invalid_input"),
+    (errors.Conflict("x"), 409, "invalid_input"),
     (errors.Overloaded("x"), 503, "overloaded"),
     (errors.NotReady("x"), 503, "not_ready"),
     (RuntimeError("secret detail"), 500, "internal"),
