@@ -1,8 +1,9 @@
 """`sentimentops drift watch|report|webhook`: the drift monitor.
 
   watch    tails the predictor's prediction records (JSON lines, no raw text; docs/metrics.md), cuts them into
-           tumbling windows of `--window` records, computes the cheap online PSI per feature against the model's
-           reference (sentimentops.steps.core.psi) and exports it on its own /metrics as
+           tumbling windows of `--window` records or `--window-seconds`, whichever comes first, judged only on at
+           least `--min-window` records (sentimentops.steps.drift.windows), computes the cheap online PSI per
+           feature against the model's reference (sentimentops.steps.core.psi) and exports it on its own /metrics as
            `sentiment_drift_psi{feature=...}`. With `--webhook-url` (local use: `drift webhook`), when a window
            drifts (PSI > threshold on any feature) for `--persist` windows in a row it POSTs the reason once, and
            re-arms only after a clean window. In the cluster the predictor pods' sidecars export PSI only: the one
@@ -26,7 +27,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,8 +36,16 @@ from sentimentops.steps.core.config import CommonSettings, add_settings_flags, s
 from sentimentops.steps.core.contract import read_model_folder
 from sentimentops.steps.core.errors import DataError, stage_main
 from sentimentops.steps.core.logs import emit, get_logger
-from sentimentops.steps.core.psi import FEATURES, DriftReference, window_psi
-from sentimentops.steps.drift.records import RecordTail, parse_records
+from sentimentops.steps.core.psi import DriftReference
+from sentimentops.steps.drift.records import RecordTail
+from sentimentops.steps.drift.windows import (
+    MIN_WINDOW,
+    OUTCOMES,
+    WINDOW,
+    WINDOW_SECONDS,
+    DriftMonitor,
+    WindowResult,
+)
 
 log = get_logger(__name__)
 
@@ -46,7 +54,14 @@ class DriftSettings(CommonSettings):
     section: ClassVar[str] = "drift"
     host: str = Field("127.0.0.1", description="Address of the monitor's /metrics (0.0.0.0 in a sidecar).")
     port: int = Field(9108, ge=0, le=65535, description="Port of the monitor's /metrics (0: any free port).")
-    window: int = Field(500, ge=20, description="Records per window; sampling noise in PSI ~ (bins-1)/window.")
+    window: int = Field(WINDOW, ge=20, description="Records per window: a full window closes at once; sampling "
+                        "noise in PSI ~ (bins-1)/window.")
+    window_seconds: float = Field(WINDOW_SECONDS, ge=0, description="A window also closes this many seconds after "
+                                  "its first record, if it holds --min-window records (else at its min-window-th "
+                                  "record); 0: by count only.")
+    min_window: int = Field(MIN_WINDOW, ge=20, description="Records a window needs before its PSI is trusted (no "
+                            "false alarm in 2,000 reference windows of 200; 11% over 0.2 at 100); above "
+                            "--window it is --window.")
     threshold: float = Field(0.2, gt=0, description="PSI above which a feature has drifted (the DataDrift alert).")
     persist: int = Field(2, ge=1, description="Drifted windows in a row before the retraining webhook is called.")
     webhook_url: str = Field("", description="Retraining webhook (POST JSON {reason, psi, ...}); empty: none.")
@@ -56,72 +71,6 @@ class DriftSettings(CommonSettings):
     reference_wait: float = Field(0.0, ge=0, description="Seconds `watch --reference FILE` waits for the file to "
                                   "appear (the predictor publishes it next to its records when its model loads); "
                                   "then exit 1. 0: no wait (a missing file is an error at once); gke profile: 900.")
-
-
-# ---- windows and the persistence rule -------------------------------------------------------------------------
-
-@dataclass
-class WindowResult:
-    index: int
-    records: int
-    psi: dict[str, float]
-    drifted: list[str]
-    model_versions: list[str]
-
-
-@dataclass
-class DriftMonitor:
-    """Tumbling windows over records; decides when drift has persisted long enough to call for retraining."""
-
-    reference: DriftReference
-    window: int = 500
-    threshold: float = 0.2
-    persist: int = 2
-    on_window: Callable[[WindowResult], None] | None = None
-    on_trigger: Callable[[str, WindowResult], None] | None = None
-    windows: int = 0
-    streak: int = 0
-    armed: bool = True
-    triggers: list[str] = field(default_factory=list)
-    _lines: list = field(default_factory=list)
-
-    def add(self, lines: list[bytes | str]) -> list[WindowResult]:
-        self._lines.extend(lines)
-        done, start = [], 0
-        # Walk by offset and cut the list once: slicing the rest off per window is quadratic on a big backlog.
-        while len(self._lines) - start >= self.window:
-            done.append(self.close_window(self._lines[start:start + self.window]))
-            start += self.window
-        del self._lines[:start]
-        return done
-
-    @property
-    def pending(self) -> int:
-        return len(self._lines)
-
-    def close_window(self, lines: list[bytes | str]) -> WindowResult:
-        features, versions = parse_records(lines)
-        psi = window_psi(self.reference, features) if len(features) else {f: 0.0 for f in FEATURES}
-        drifted = sorted((f for f, v in psi.items() if v > self.threshold), key=lambda f: -psi[f])
-        result = WindowResult(self.windows, len(features), psi, drifted, sorted(set(versions)))
-        self.windows += 1
-        self.streak = self.streak + 1 if drifted else 0
-        if not drifted:
-            self.armed = True  # a clean window re-arms the trigger
-        if self.on_window:
-            self.on_window(result)
-        if drifted and self.streak >= self.persist and self.armed:
-            self.armed = False
-            reason = self.reason(result)
-            self.triggers.append(reason)
-            if self.on_trigger:
-                self.on_trigger(reason, result)
-        return result
-
-    def reason(self, result: WindowResult) -> str:
-        parts = ", ".join(f"{f} PSI {result.psi[f]:.2f}" for f in result.drifted)
-        version = f" (model {','.join(result.model_versions)})" if result.model_versions else ""
-        return f"drift: {parts} > {self.threshold:g} for {self.streak} window(s) of {self.window}{version}"
 
 
 def post_webhook(url: str, payload: dict, token_file: str = "", timeout: float = 10.0) -> int:
@@ -190,14 +139,23 @@ def serve_metrics(settings: DriftSettings):
 
     registry = CollectorRegistry()
     gauges = {
-        "psi": Gauge("sentiment_drift_psi", "PSI of the last full window against the model's reference",
+        "psi": Gauge("sentiment_drift_psi", "PSI of the last judged window against the model's reference",
                      ["feature"], registry=registry),
         "records": Gauge("sentiment_drift_window_records", "Records in the current (filling) window",
                          registry=registry),
-        "windows": Counter("sentiment_drift_windows", "Windows evaluated", registry=registry),
+        "last_records": Gauge("sentiment_drift_last_window_records", "Records in the last closed window",
+                              registry=registry),
+        "last_seconds": Gauge("sentiment_drift_last_window_seconds", "Seconds from the last closed window's "
+                              "first record to its close", registry=registry),
+        "windows": Counter("sentiment_drift_windows", "Windows closed, by outcome (judged; too_few: fewer than "
+                           "--min-window valid records, PSI not trusted)", ["outcome"], registry=registry),
+        "extended": Counter("sentiment_drift_windows_extended", "Windows whose --window-seconds ran out before "
+                            "they held --min-window records (kept open until they do)", registry=registry),
         "triggers": Counter("sentiment_drift_triggers", "Retraining webhook calls by outcome", ["outcome"],
                             registry=registry),
     }
+    for outcome in OUTCOMES:  # both series exist from the start: a rate over them is never "no data"
+        gauges["windows"].labels(outcome=outcome)
     server, _thread = start_http_server(settings.port, addr=settings.host, registry=registry)
     return gauges, server, server.server_address[1]
 
@@ -222,16 +180,30 @@ def watch(args: argparse.Namespace, settings: DriftSettings) -> int:
     except BaseException:
         server.shutdown()
         raise
-    log.info("drift watch: %s, windows of %d, threshold %s, persist %d; metrics on http://%s:%d/metrics",
-             args.records, settings.window, settings.threshold, settings.persist, settings.host, port)
+    log.info("drift watch: %s, windows of %d records or %g s (judged from %d records; 0 s: by count only), "
+             "threshold %s, persist %d; metrics on http://%s:%d/metrics", args.records, settings.window,
+             settings.window_seconds, min(settings.min_window, settings.window), settings.threshold,
+             settings.persist, settings.host, port)
 
     def on_window(result: WindowResult) -> None:
-        for feature, value in result.psi.items():
-            gauges["psi"].labels(feature=feature).set(value)
-        gauges["windows"].inc()
-        # one JSON line per window on stdout: the monitor's result stream
-        emit(json.dumps({"window": result.index, "records": result.records,
-                         "psi": {k: round(v, 4) for k, v in result.psi.items()}, "drifted": result.drifted}))
+        gauges["windows"].labels(outcome=result.outcome).inc()
+        gauges["last_records"].set(result.records)
+        gauges["last_seconds"].set(result.seconds)
+        line = {"window": result.index, "records": result.records, "closed_by": result.closed_by,
+                "seconds": round(result.seconds, 1), "outcome": result.outcome}
+        if result.judged:
+            for feature, value in result.psi.items():
+                gauges["psi"].labels(feature=feature).set(value)
+            line |= {"psi": {k: round(v, 4) for k, v in result.psi.items()}, "drifted": result.drifted}
+        else:  # sentiment_drift_psi keeps the last judged window's values: this one is no evidence either way
+            log.warning("drift watch: window %d closed with %d valid records, fewer than %d: not judged (lines "
+                        "that are not prediction records?)", result.index, result.records, monitor.min_records)
+        emit(json.dumps(line))  # one JSON line per window on stdout: the monitor's result stream
+
+    def on_extend(records: int, seconds: float) -> None:
+        gauges["extended"].inc()
+        log.info("drift watch: the window is %.0f s old with %d records, fewer than %d: it stays open until it "
+                 "holds them (slow traffic; --window-seconds, --min-window)", seconds, records, monitor.min_records)
 
     def on_trigger(reason: str, result: WindowResult) -> None:
         log.warning("drift watch: %s", reason)
@@ -239,6 +211,7 @@ def watch(args: argparse.Namespace, settings: DriftSettings) -> int:
             gauges["triggers"].labels(outcome="no_webhook").inc()
             return
         payload = {"reason": reason, "psi": result.psi, "window": result.index, "records": result.records,
+                   "closed_by": result.closed_by, "seconds": round(result.seconds, 1),
                    "model_versions": result.model_versions}
         try:
             status = post_webhook(settings.webhook_url, payload, settings.webhook_token_file)
@@ -248,7 +221,9 @@ def watch(args: argparse.Namespace, settings: DriftSettings) -> int:
             gauges["triggers"].labels(outcome="failed").inc()
             log.error("drift watch: webhook failed: %s", err)
 
-    monitor = DriftMonitor(reference, settings.window, settings.threshold, settings.persist, on_window, on_trigger)
+    monitor = DriftMonitor(reference, settings.window, settings.threshold, settings.persist, on_window, on_trigger,
+                           window_seconds=settings.window_seconds, min_window=settings.min_window,
+                           on_extend=on_extend, clock=time.monotonic)
     tail = RecordTail(args.records, from_start=not args.from_end)
     deadline = time.monotonic() + args.max_seconds if args.max_seconds else None
 
@@ -269,7 +244,8 @@ def watch(args: argparse.Namespace, settings: DriftSettings) -> int:
 
 
 # Settings `drift report` does not use (it serves nothing and calls no webhook).
-REPORT_SKIP = ("host", "port", "persist", "webhook_url", "webhook_token_file", "poll_seconds", "reference_wait")
+REPORT_SKIP = ("host", "port", "persist", "webhook_url", "webhook_token_file", "poll_seconds", "reference_wait",
+               "window_seconds")
 
 
 def parser() -> argparse.ArgumentParser:

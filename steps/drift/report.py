@@ -56,6 +56,10 @@ def report(args: argparse.Namespace, settings, reference: DriftReference) -> int
     if not len(features):
         log.error("drift report: no records in %s", args.records)
         return 2
+    trusted = len(features) >= settings.min_window
+    if not trusted:  # the same gate as `drift watch` (drift/windows.py): written, but flagged
+        log.warning("drift report: %d records, fewer than --min-window %d: PSI this small a sample is noise "
+                    "(sentimentops.steps.drift.windows)", len(features), settings.min_window)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     evidently, snapshot = evidently_psi(reference_frame(reference), current_frame(features), settings.threshold)
@@ -63,14 +67,15 @@ def report(args: argparse.Namespace, settings, reference: DriftReference) -> int
     online = window_psi(reference, features)
     html = args.out / "drift_report.html"
     snapshot.save_html(str(html))
-    summary = {"records": len(features), "model_versions": sorted(set(versions)), "threshold": settings.threshold,
+    summary = {"records": len(features), "trusted": trusted, "model_versions": sorted(set(versions)),
+               "threshold": settings.threshold,
                "psi_online": online, "psi_evidently": evidently, "evidently_seconds": round(seconds, 3),
                "drifted": sorted(f for f, v in online.items() if v > settings.threshold)}
     (args.out / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not args.no_mlflow:
         summary["mlflow_run_id"] = log_to_mlflow(settings, args.out, summary)
         (args.out / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
-    emit(json.dumps({k: summary[k] for k in ("records", "psi_online", "psi_evidently", "drifted")}))
+    emit(json.dumps({k: summary[k] for k in ("records", "trusted", "psi_online", "psi_evidently", "drifted")}))
     return 0
 
 

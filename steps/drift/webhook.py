@@ -83,9 +83,10 @@ class Launcher:
     def stop(self) -> None:
         """Stop the running retrain's process group (SIGTERM, SIGKILL after a grace period)."""
         with self.lock:
-            if self.busy():
-                log.info("drift webhook: stopping the running retrain (pid %s)", self.current.pid)
-                stop(self.current, grace_s=20)
+            current = self.current
+            if current is not None and current.poll() is None:
+                log.info("drift webhook: stopping the running retrain (pid %s)", current.pid)
+                stop(current, grace_s=20)
 
     def status(self) -> list[dict]:
         out = []

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 # PSI noise is about (bins - 1) * (1/window + 1/reference rows): 0.07 at 200 and 400, well under 0.2 (at a window
 # of 100 the content feature of one IMDB window reached 0.24: too small a window for the threshold).
 WINDOW = 200
+JUDGED = 'sentiment_drift_windows_total{outcome="judged"}'
 
 
 def prediction_records(model_dir: Path, texts: list[str]) -> tuple[list[str], list[float]]:
@@ -109,14 +110,14 @@ def test_drift_starts_a_retrain_whose_reason_is_in_mlflow(loop, imdb_dir, rt_pol
 
     with open(loop["log"], "a") as fh:  # three windows of IMDB reviews: no drift, no retrain
         fh.write("\n".join(imdb_lines) + "\n")
-    wait_for(lambda: metric(port, "sentiment_drift_windows_total") == 3, 60, "3 IMDB windows", [loop["watch"]])
+    wait_for(lambda: metric(port, JUDGED) == 3, 60, "3 IMDB windows", [loop["watch"]])
     assert get_json(f"{hook_url}/runs")["runs"] == []
     assert metric(port, 'sentiment_drift_triggers_total{outcome="sent"}') is None
 
     with open(loop["log"], "a") as fh:  # one window of Rotten Tomatoes snippets
         fh.write("\n".join(rt_lines) + "\n")
     runs = wait_for(lambda: get_json(f"{hook_url}/runs")["runs"], 60, "the webhook call", [loop["watch"]])
-    assert metric(port, "sentiment_drift_windows_total") == 4  # triggered by the first drifted window
+    assert metric(port, JUDGED) == 4  # triggered by the first drifted window
     (run,) = runs
     assert run["reason"].startswith("drift: input_tokens PSI ")
 

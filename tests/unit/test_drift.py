@@ -142,6 +142,7 @@ def test_evidently_report_html_and_psi(tmp_path, reference, home):
     summary = json.loads((tmp_path / "report" / "drift.json").read_text())
     assert summary["psi_evidently"]["input_tokens"] > 0.2 and summary["psi_online"]["input_tokens"] > 0.2
     assert summary["psi_evidently"]["confidence"] < 0.2 and summary["drifted"] == ["input_tokens"]
+    assert summary["trusted"] is True  # 400 records: at least --min-window (drift/windows.py)
     assert (tmp_path / "report" / "drift_report.html").stat().st_size > 100_000
     from mlflow import MlflowClient
 
@@ -167,13 +168,15 @@ def test_watch_exports_psi_on_its_own_metrics_port(tmp_path, reference):
                      stdout=out, stderr=subprocess.STDOUT)
     try:
         text, deadline = "", time.monotonic() + 60
-        while time.monotonic() < deadline and 'sentiment_drift_windows_total 3.0' not in text:
+        while time.monotonic() < deadline and 'sentiment_drift_windows_total{outcome="judged"} 3.0' not in text:
             time.sleep(0.3)
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             except OSError:
                 continue
-        assert "sentiment_drift_windows_total 3.0" in text, text
+        assert 'sentiment_drift_windows_total{outcome="judged"} 3.0' in text, text
+        assert 'sentiment_drift_windows_total{outcome="too_few"} 0.0' in text
+        assert "sentiment_drift_last_window_records 100.0" in text
         psi = {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
                if line.startswith("sentiment_drift_psi{")}
         assert set(psi) == {"input_tokens", "confidence", "predicted_label", "content"}
