@@ -1,11 +1,26 @@
-"""ingest: reviews in (the Hugging Face dataset, or local parquet/CSV/JSONL), seeded train/validation/test out.
+"""ingest: reviews in (the Hugging Face dataset, or local parquet/CSV/JSONL), seeded train/validation/test out,
+merged with the labelled feedback of the production store (steps/core/production.py).
 
 The validation split is carved from train so that nothing is ever selected on test (ARCHITECTURE.md, style 10).
+
+Feedback (people's true labels for production requests) is what makes a drift-triggered retrain learn the drift:
+without it the retrain re-reads the same static corpus. Rules, in order (`select_feedback`):
+- one label per request id (production.latest_feedback), rows without a usable text or a 0/1 label dropped;
+- only the last `feedback_window_days` days (0: all), then one row per whitespace-normalised text (the newest);
+- a feedback text equal to a base test row is dropped (it would put a test answer into train), and one equal to a
+  base train/validation row too (a duplicate there adds nothing, and in the production slice it would be a leak);
+- at most `feedback_max_rows`, the most recent kept;
+- the most recent `production_fraction` of what is left is held out as `production.parquet`, the "production" test
+  slice evaluate and the policy judge on (none when that share is under `production_min_rows`); the rest joins
+  train before validation is carved, so checkpoint selection sees the traffic's mix too.
+Feedback never enters the base test split. Every row carries a provenance column (base / feedback). An empty or
+missing store changes nothing but that column.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import ClassVar
@@ -14,12 +29,24 @@ import pandas as pd
 from pydantic import Field
 
 from sentimentops.steps.core.config import CommonSettings, parse_settings
-from sentimentops.steps.core.errors import DataError, stage_main
+from sentimentops.steps.core.errors import DataError, UsageError, stage_main
 from sentimentops.steps.core.hub import go_offline, hub_reachable
 from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.manifests import write_manifest
+from sentimentops.steps.core.production import (
+    BASE_PROVENANCE,
+    FEEDBACK,
+    FEEDBACK_PROVENANCE,
+    PRODUCTION_SPLIT,
+    PROVENANCE_COLUMN,
+    Store,
+    latest_feedback,
+    normalised,
+)
 
 log = get_logger(__name__)
+# google.api_core / google.auth exception names that no retry mends (matched by name: the library is optional here).
+GCS_PERMANENT_ERRORS = frozenset({"NotFound", "Forbidden", "Unauthorized", "DefaultCredentialsError"})
 
 READERS = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True),
            ".json": pd.read_json}
@@ -36,10 +63,50 @@ class IngestSettings(CommonSettings):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share held out as test when a source has no test split.")
     seed: int = Field(42, description="Seed for every sampling decision.")
     fallback_sources: list[str] = Field(default_factory=list, description="Tried in order when the hub is down.")
+    feedback: bool = Field(True, description="Merge the labelled feedback of common.production_store (none when "
+                           "the store is empty or absent).")
+    feedback_max_rows: int = Field(0, ge=0, description="At most this many feedback rows, the most recent kept "
+                                   "(0 = no cap).")
+    feedback_window_days: float = Field(0, ge=0, description="Only feedback labelled in the last N days "
+                                        "(0 = all).")
+    production_fraction: float = Field(0.2, ge=0, lt=1, description="Share of the kept feedback, the most recent, "
+                                       "held out as the production test slice (production.parquet).")
+    production_min_rows: int = Field(50, ge=1, description="No production slice below this many rows (all "
+                                     "feedback then joins train): at 50 rows one error moves accuracy 2 points.")
 
 
 class SourceError(DataError):
     """The source cannot be read (missing, unknown format, no text/label columns): exit 1, never retried."""
+
+
+class FeedbackError(DataError):
+    """The production store holds feedback parts that cannot be read (not parquet, columns missing): exit 1."""
+
+
+# Why a feedback row was left out, in the order the rules apply (manifest metrics feedback_dropped_<reason>).
+DROP_REASONS = ("duplicate_id", "invalid", "outside_window", "duplicate_text", "in_base_test", "in_base_train",
+                "over_cap")
+
+
+@dataclass
+class FeedbackCounts:
+    read: int = 0
+    kept: int = 0
+    train: int = 0
+    production: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+
+    def metrics(self) -> dict[str, float]:
+        return {"feedback_read": self.read, "feedback_kept": self.kept, "feedback_train_rows": self.train,
+                "feedback_production_rows": self.production,
+                **{f"feedback_dropped_{reason}": n for reason, n in self.dropped.items()}}
+
+
+@dataclass
+class FeedbackSelection:
+    train: pd.DataFrame       # joins train (COLUMNS + provenance)
+    production: pd.DataFrame  # the production slice (may be empty: none carved)
+    counts: FeedbackCounts
 
 
 @dataclass
@@ -47,9 +114,12 @@ class Splits:
     train: pd.DataFrame
     validation: pd.DataFrame
     test: pd.DataFrame
+    production: pd.DataFrame | None = None  # the held-out recent feedback; None: no slice carved
+    feedback: FeedbackCounts | None = None  # None: no store read
 
     def items(self) -> list[tuple[str, pd.DataFrame]]:
-        return [("train", self.train), ("validation", self.validation), ("test", self.test)]
+        found = [("train", self.train), ("validation", self.validation), ("test", self.test)]
+        return found + ([(PRODUCTION_SPLIT, self.production)] if self.production is not None else [])
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -137,16 +207,94 @@ def split_off(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataF
     return rest.drop(columns="_pos").reset_index(drop=True), held.drop(columns="_pos")
 
 
-def make_splits(raw: dict[str, pd.DataFrame], settings: IngestSettings) -> Splits:
-    """The pure core: seeded sampling, test carved first when the source has none, validation from train."""
+def _valid_label(value: object) -> bool:
+    return not isinstance(value, bool) and value in (0, 1)
+
+
+def select_feedback(feedback: pd.DataFrame, settings: IngestSettings, *, base_test: pd.DataFrame,
+                    base_train: pd.DataFrame, now: float) -> FeedbackSelection:
+    """The pure core of the merge (module docstring): which feedback rows train, which form the production slice,
+    and how many each rule dropped. Deterministic: rows are ordered by (ts, id), never by chance."""
+    counts = FeedbackCounts(read=len(feedback))
+    empty = pd.DataFrame({"text": pd.Series(dtype=object), "label": pd.Series(dtype="int64"),
+                          PROVENANCE_COLUMN: pd.Series(dtype=object)})
+    if not len(feedback):
+        return FeedbackSelection(empty, empty.copy(), counts)
+    rows = latest_feedback(feedback)
+    counts.dropped["duplicate_id"] = len(feedback) - len(rows)
+
+    def drop(keep: pd.Series, reason: str) -> None:
+        nonlocal rows
+        counts.dropped[reason] += int((~keep).sum())
+        rows = rows[keep].reset_index(drop=True)
+
+    text = rows["text"].map(lambda v: isinstance(v, str) and bool(v.strip()))
+    drop(text & rows["label"].map(_valid_label) & rows["ts"].notna(), "invalid")
+    if settings.feedback_window_days:
+        drop(rows["ts"] >= now - settings.feedback_window_days * 86400, "outside_window")
+    rows = rows.assign(_norm=normalised(rows["text"])).sort_values(["ts", "id"], kind="stable")
+    drop(~rows["_norm"].duplicated(keep="last"), "duplicate_text")  # the newest label of a text wins
+    drop(~rows["_norm"].isin(set(normalised(base_test["text"]).dropna())), "in_base_test")
+    drop(~rows["_norm"].isin(set(normalised(base_train["text"]).dropna())), "in_base_train")
+    if settings.feedback_max_rows and len(rows) > settings.feedback_max_rows:
+        keep = pd.Series([False] * (len(rows) - settings.feedback_max_rows) + [True] * settings.feedback_max_rows)
+        drop(keep, "over_cap")
+    counts.kept = len(rows)
+    held = round(len(rows) * settings.production_fraction)
+    if held < settings.production_min_rows:
+        held = 0
+    merged = rows.assign(label=rows["label"].astype("int64"), **{PROVENANCE_COLUMN: FEEDBACK_PROVENANCE})
+    merged = merged[[*COLUMNS, PROVENANCE_COLUMN]]
+    train, production = merged.iloc[: len(merged) - held], merged.iloc[len(merged) - held :]
+    counts.train, counts.production = len(train), len(production)
+    return FeedbackSelection(train.reset_index(drop=True), production.reset_index(drop=True), counts)
+
+
+def make_splits(raw: dict[str, pd.DataFrame], settings: IngestSettings, feedback: pd.DataFrame | None = None,
+                now: float | None = None) -> Splits:
+    """The pure core: seeded sampling, test carved first when the source has none, feedback merged into train
+    (`select_feedback`), validation from train. `feedback` None: no store was read."""
     if "all" in raw:
         train_pool, test_pool = split_off(raw["all"], settings.test_fraction, settings.seed)
     else:
         train_pool, test_pool = raw["train"], raw["test"]
-    train = stratified_sample(train_pool, settings.sample_size, settings.seed)
+    train = stratified_sample(train_pool, settings.sample_size, settings.seed).assign(
+        **{PROVENANCE_COLUMN: BASE_PROVENANCE})
+    test = stratified_sample(test_pool, settings.test_size, settings.seed + 2).assign(
+        **{PROVENANCE_COLUMN: BASE_PROVENANCE})
+    production, counts = None, None
+    if feedback is not None:
+        chosen = select_feedback(feedback, settings, base_test=test, base_train=train,
+                                 now=time.time() if now is None else now)
+        counts = chosen.counts
+        if len(chosen.train):  # no feedback: the base rows exactly as before (same order, same bytes)
+            train = pd.concat([train, chosen.train], ignore_index=True).sample(
+                frac=1.0, random_state=settings.seed + 3).reset_index(drop=True)
+        production = chosen.production if len(chosen.production) else None
     train, validation = split_off(train, settings.val_fraction, settings.seed + 1)
-    test = stratified_sample(test_pool, settings.test_size, settings.seed + 2)
-    return Splits(train=train, validation=validation, test=test)
+    return Splits(train=train, validation=validation, test=test, production=production, feedback=counts)
+
+
+def read_feedback(settings: IngestSettings) -> pd.DataFrame | None:
+    """The store's feedback rows; None when merging is off or no store is configured (empty production_store)."""
+    if not settings.feedback or not settings.production_store.strip():
+        return None
+    try:
+        store = Store(settings.production_store.strip())
+    except ValueError as err:
+        raise UsageError(f"production_store {settings.production_store!r}: {err}") from err
+    try:
+        frame = store.read_parts(FEEDBACK)
+    except (OSError, ValueError, ImportError) as err:  # ArrowInvalid and read_parts' missing column: ValueErrors
+        raise FeedbackError(f"production store {store}: feedback cannot be read: {err}") from err
+    except Exception as err:
+        # No such bucket, no access, no credentials: the store setting or its IAM is wrong, and a retry will not
+        # mend it (exit 1, one line). Anything else from GCS (unavailable, a timeout) stays retryable (exit 3).
+        if type(err).__name__ in GCS_PERMANENT_ERRORS:
+            raise FeedbackError(f"production store {store}: feedback cannot be read: {err}") from err
+        raise
+    log.info("ingest: %d feedback rows in %s", len(frame), store.kind_location(FEEDBACK))
+    return frame
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,16 +306,27 @@ def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(IngestSettings, argv, prog="sentimentops ingest", description=__doc__,
                                     add_arguments=_arguments)
     raw, used, fallback = resolve_source(settings)
-    splits = make_splits(raw, settings)
+    feedback = read_feedback(settings)
+    splits = make_splits(raw, settings, feedback)
     args.out.mkdir(parents=True, exist_ok=True)
+    if splits.production is None:  # a re-run into the same folder must not keep an earlier run's slice
+        (args.out / f"{PRODUCTION_SPLIT}.parquet").unlink(missing_ok=True)
     for name, frame in splits.items():
         frame.to_parquet(args.out / f"{name}.parquet", index=False)
         log.info("ingest: %s: %d rows", name, len(frame))
+    outputs = {name: f"{name}.parquet" for name, _ in splits.items()}
+    metrics: dict[str, float] = {f"{name}_rows": len(frame) for name, frame in splits.items()}
+    if splits.feedback is not None:
+        c = splits.feedback
+        log.info("ingest: feedback from %s: %d read, %d kept (%d to train, %d in the production slice); dropped %s",
+                 settings.production_store, c.read, c.kept, c.train, c.production,
+                 {k: v for k, v in c.dropped.items() if v} or "none")
+        metrics.update(c.metrics())
     write_manifest(
-        args.out, "ingest",
-        outputs={name: f"{name}.parquet" for name, _ in splits.items()},
+        args.out, "ingest", outputs=outputs,
         params=settings.model_dump(include={"source", "sample_size", "test_size", "val_fraction", "seed"}),
-        metrics={f"{name}_rows": len(frame) for name, frame in splits.items()},
-        refs={"source": used, "offline_fallback": fallback},
+        metrics=metrics,
+        refs={"source": used, "offline_fallback": fallback,
+              "production_store": str(settings.production_store) if splits.feedback is not None else ""},
     )
     return 0

@@ -6,7 +6,7 @@ locals {
   # role -> Kubernetes ServiceAccount (charts/sentimentops/values.yaml serviceAccounts.<role>.name) and purpose
   workload_roles = {
     training = { ksa = "sentimentops-training", purpose = "Argo training steps: DVC remote, Argo artifacts" }
-    serving  = { ksa = "sentimentops-serving", purpose = "KServe predictor: reads registered models" }
+    serving  = { ksa = "sentimentops-serving", purpose = "KServe predictor: reads models, writes production data" }
     pipeline = { ksa = "sentimentops-pipeline", purpose = "Rollout and drift workflows: Argo artifacts" }
     mlflow   = { ksa = "sentimentops-mlflow", purpose = "MLflow server: artifact store" }
   }
@@ -19,6 +19,14 @@ locals {
     "mlflow/mlflow"   = { bucket = "mlflow", sa = "mlflow", role = "roles/storage.objectUser" }
     "mlflow/serving"  = { bucket = "mlflow", sa = "serving", role = "roles/storage.objectViewer" }
     "mlflow/pipeline" = { bucket = "mlflow", sa = "pipeline", role = "roles/storage.objectViewer" }
+    # The predictor adds capture and feedback parts (never replaces or deletes one: creator, not user) and lists
+    # and reads them; ingest (the training identity) reads them. The rollout judges feedback through Prometheus,
+    # not the store: the pipeline identity gets nothing here (the bucket holds raw user text).
+    "production/serving-create" = { bucket = "production", sa = "serving", role = "roles/storage.objectCreator" }
+    "production/serving-read"   = { bucket = "production", sa = "serving", role = "roles/storage.objectViewer" }
+    "production/training"       = { bucket = "production", sa = "training", role = "roles/storage.objectViewer" }
+    # sentiment-batch-score runs as the training identity: it reads its input and writes its shards and output.
+    "scores/training" = { bucket = "scores", sa = "training", role = "roles/storage.objectUser" }
   }
 
   # What a GKE node needs and nothing more (Google's "least privilege node service account" list).

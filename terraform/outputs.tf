@@ -3,6 +3,8 @@ locals {
   image_registry               = "${google_artifact_registry_repository.images.location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
   dvc_remote                   = "gs://${google_storage_bucket.data["dvc"].name}/remote"
   mlflow_artifacts_destination = "gs://${google_storage_bucket.data["mlflow"].name}/artifacts"
+  production_store             = "gs://${google_storage_bucket.data["production"].name}"
+  batch_scoring_root           = "gs://${google_storage_bucket.data["scores"].name}"
 }
 
 output "cluster_name" {
@@ -31,7 +33,7 @@ output "kubernetes_service_accounts" {
 }
 
 output "buckets" {
-  description = "Bucket key (dvc, mlflow, argo) -> bucket name."
+  description = "Bucket key (dvc, mlflow, argo, production, scores) -> bucket name."
   value       = { for key, b in google_storage_bucket.data : key => b.name }
 }
 
@@ -58,6 +60,16 @@ output "argo_artifact_bucket" {
 output "dvc_remote" {
   description = "DVC remote of the version step (charts/sentimentops value dvc.remote)."
   value       = local.dvc_remote
+}
+
+output "production_store" {
+  description = "Production data store: captured requests and feedback labels (charts/sentimentops value production.store); the serving identity writes it, training (ingest) reads it."
+  value       = local.production_store
+}
+
+output "batch_scoring_root" {
+  description = "Where sentiment-batch-score reads its input and writes its scores (gs://<this>/<path>): the training identity it runs as may read and write there."
+  value       = local.batch_scoring_root
 }
 
 output "mlflow_artifacts_destination" {
@@ -112,7 +124,8 @@ output "chart_values" {
         gcs  = { bucket = google_storage_bucket.data["argo"].name }
       }
     }
-    dvc = { remote = local.dvc_remote }
+    dvc        = { remote = local.dvc_remote }
+    production = { store = local.production_store }
     mlflow = {
       artifactsDestination = local.mlflow_artifacts_destination
       cloudSql = {

@@ -1,11 +1,17 @@
-# Buckets: the DVC remote, MLflow's artifact store and Argo's artifact repository. All private (public access
-# prevention enforced, uniform access), versioned, encrypted with the rotated storage key and access-logged.
+# Buckets: the DVC remote, MLflow's artifact store, Argo's artifact repository, the production data store and the
+# batch-scoring bucket. All
+# private (public access prevention enforced, uniform access), versioned, encrypted with the rotated storage key and
+# access-logged.
 
 locals {
+  # prefix_days: objects under a prefix deleted after that many days (captured request texts are raw user text:
+  # kept only as long as capture_retention_days; feedback labels stay, they are training data).
   buckets = {
-    dvc    = { purpose = "DVC remote (dataset snapshots)", age_days = 0 }
-    mlflow = { purpose = "MLflow artifacts (models, reports)", age_days = 0 }
-    argo   = { purpose = "Argo artifacts (intermediate step outputs)", age_days = var.argo_artifact_days }
+    dvc        = { purpose = "DVC remote (dataset snapshots)", age_days = 0, prefix_days = {} }
+    mlflow     = { purpose = "MLflow artifacts (models, reports)", age_days = 0, prefix_days = {} }
+    argo       = { purpose = "Argo artifacts (intermediate step outputs)", age_days = var.argo_artifact_days, prefix_days = {} }
+    production = { purpose = "Production data (captured requests, feedback labels)", age_days = 0, prefix_days = { "captures/" = var.capture_retention_days } }
+    scores     = { purpose = "Batch scoring inputs and outputs (sentiment-batch-score)", age_days = 0, prefix_days = {} }
   }
 }
 
@@ -75,6 +81,20 @@ resource "google_storage_bucket" "data" {
     content {
       condition {
         age = lifecycle_rule.value
+      }
+      action {
+        type = "Delete"
+      }
+    }
+  }
+
+  # The production bucket's captured requests expire (buckets.prefix_days); its feedback labels do not.
+  dynamic "lifecycle_rule" {
+    for_each = each.value.prefix_days
+    content {
+      condition {
+        age            = lifecycle_rule.value
+        matches_prefix = [lifecycle_rule.key]
       }
       action {
         type = "Delete"

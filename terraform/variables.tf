@@ -163,6 +163,17 @@ variable "argo_artifact_days" {
   }
 }
 
+variable "capture_retention_days" {
+  description = "Days captured request texts (captures/ in the production bucket: raw user text) are kept; feedback labels are kept."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.capture_retention_days >= 1
+    error_message = "capture_retention_days must be at least 1."
+  }
+}
+
 variable "cloudsql_region" {
   description = "Region of MLflow's Cloud SQL instance; empty: var.region (beside the cluster, the lowest latency)."
   type        = string

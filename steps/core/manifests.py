@@ -117,6 +117,7 @@ class IngestParams(Section):
 class IngestRefs(Section):
     source: str = Field(description="The source actually read (after an offline fallback, the fallback).")
     offline_fallback: bool
+    production_store: str = Field("", description="The production store whose feedback was merged; empty: none.")
 
 
 class IngestManifest(Manifest):

@@ -8,6 +8,11 @@ functionality, invariance, directional tests); accuracy per review-length slice 
 (ECE, reliability diagram); the worst errors with their most influential words. All of it lands in metrics.json, an
 HTML report and PNGs, logged to MLflow under `evaluation/`, and the flat numbers in the manifest for the policy.
 
+Where ingest held out a production slice (production.parquet: the most recent labelled feedback, steps/ingest.py),
+the challenger and the champion are scored on it too, through the same backends: `production_accuracy`,
+`production_f1`, `champion_production_*` and `production_rows`. The base test split says whether the model still
+knows the corpus; the slice says whether it knows today's traffic, and the policy refuses a regression on either.
+
 Reuse is the local runner's decision (workflows/runner), not this step's.
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sentimentops.steps.core.contract import DRIFT_REFERENCE_FILE, LABELS, MAX_T
 from sentimentops.steps.core.errors import DataError, stage_main
 from sentimentops.steps.core.logs import emit, get_logger
 from sentimentops.steps.core.manifests import TrainManifest, read_manifest, write_manifest
+from sentimentops.steps.core.production import PRODUCTION_SPLIT
 from sentimentops.steps.core.tracking import alias_version, download_model, mlflow_run
 from sentimentops.steps.evaluate.behaviour import suite_version
 from sentimentops.steps.evaluate.metrics import (
@@ -77,23 +83,50 @@ def torch_kwargs(settings: EvaluateSettings) -> dict[str, Any]:
     return {"batch_size": settings.batch_size, "precision": settings.precision, "num_threads": settings.num_threads}
 
 
-def champion_metrics(settings: EvaluateSettings, test: pd.DataFrame) -> tuple[Metrics | None, str | None, str]:
-    """The champion on the same rows through the backend it is served with: (metrics, version, backend)."""
+def champion_metrics(settings: EvaluateSettings, frames: dict[str, pd.DataFrame]
+                     ) -> tuple[dict[str, Metrics], str | None, str]:
+    """The champion on the same rows (each of `frames`: the test rows, the production slice) through the backend
+    it is served with, downloaded once: ({frame name: metrics}, version, backend); ({}, None, "") without one."""
     version = alias_version(settings, "champion") if settings.compare_champion else None
     if version is None:
-        return None, None, ""
+        return {}, None, ""
+    found, backend = {}, ""
     with tempfile.TemporaryDirectory() as tmp:
         folder = download_model(settings, f"models:/{settings.registered_model}/{version.version}", Path(tmp))
-        probs, backend = score_folder(folder, encode(folder.model_dir, test["text"].tolist()),
-                                      backend=settings.backend, threads=settings.num_threads,
-                                      torch_kwargs=torch_kwargs(settings))
-    return compute_metrics(test["label"].to_numpy(), probs), str(version.version), backend
+        for name, frame in frames.items():
+            probs, backend = score_folder(folder, encode(folder.model_dir, frame["text"].tolist()),
+                                          backend=settings.backend, threads=settings.num_threads,
+                                          torch_kwargs=torch_kwargs(settings))
+            found[name] = compute_metrics(frame["label"].to_numpy(), probs)
+    return found, str(version.version), backend
+
+
+PRODUCTION_METRICS = ("accuracy", "f1")
+
+
+def production_summary(challenger: Metrics, champion: Metrics | None) -> dict[str, float]:
+    """The flat production-slice numbers (manifest, MLflow, the policy): production_<m>, champion_production_<m>
+    and production_rows, the `test_*` / `champion_test_*` scheme on the slice."""
+    found: dict[str, float] = {f"production_{k}": getattr(challenger, k) for k in PRODUCTION_METRICS}
+    found["production_rows"] = float(challenger.rows)
+    if champion is not None:
+        found.update({f"champion_production_{k}": getattr(champion, k) for k in PRODUCTION_METRICS})
+    return found
+
+
+def read_production(dataset: Path) -> pd.DataFrame | None:
+    """The production slice ingest held out, or None: it is optional (no feedback, or too little for a slice)."""
+    path = dataset / f"{PRODUCTION_SPLIT}.parquet"
+    if not path.is_file():
+        return None
+    frame = read_split(dataset, PRODUCTION_SPLIT)
+    return frame if len(frame) else None
 
 
 REPORT_FILE = "report.html"
 IMAGES = {"confusion": "confusion_matrix.png", "reliability": "reliability.png"}
 HEADLINE = ("test_accuracy", "test_f1", "tfidf_test_accuracy", "champion_test_accuracy", "behaviour_pass_rate",
-            "test_ece")
+            "test_ece", "production_accuracy", "champion_production_accuracy")
 
 
 def headline(summary: dict[str, float], backend: str, rows: int) -> str:
@@ -192,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                                       onnx_out=args.out / ONNX_DIR, torch_kwargs=torch_kwargs(settings))
     challenger = compute_metrics(labels, scored.probs)
     write_drift_reference(model_dir, texts, scored.probs, args.out, encoded)
-    champion, champion_version, champion_backend = champion_metrics(settings, test)
+    production = read_production(args.dataset)
+    scored_frames = {"test": test, **({PRODUCTION_SPLIT: production} if production is not None else {})}
+    champions, champion_version, champion_backend = champion_metrics(settings, scored_frames)
+    champion = champions.get("test")
     model = served(model_dir, args.out / ONNX_DIR, scored.backend, threads=settings.num_threads)
     report: dict[str, Any] = {
         "challenger": asdict(challenger), "served_backend": scored.backend, "max_tokens": MAX_TOKENS,
@@ -203,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, float] = {f"test_{k}": getattr(challenger, k) for k in ("accuracy", "f1", "roc_auc")}
     if champion:
         summary.update({f"champion_test_{k}": getattr(champion, k) for k in ("accuracy", "f1", "roc_auc")})
+    if production is not None:
+        log.info("evaluate: scoring the %d-row production slice (recent feedback)", len(production))
+        on_slice = compute_metrics(production["label"].to_numpy(), model.predict(production["text"].tolist()))
+        champion_slice = champions.get(PRODUCTION_SPLIT)
+        summary.update(production_summary(on_slice, champion_slice))
+        report[PRODUCTION_SPLIT] = {"challenger": asdict(on_slice), "rows": len(production),
+                                    "champion": asdict(champion_slice) if champion_slice else None}
+    else:
+        report[PRODUCTION_SPLIT] = None
     report.update(evidence(settings, args.dataset, test, encoded, scored.probs, model, args.out, summary))
     (args.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_confusion(challenger, args.out / "confusion_matrix.png", "challenger on the held-out test split")

@@ -130,6 +130,23 @@ def _comparison(metrics: Mapping[str, Any]) -> str:
     return _table(header, rows) + "".join(f"<p>{esc(n)}</p>" for n in notes)
 
 
+def _production(metrics: Mapping[str, Any]) -> str:
+    """The challenger and the champion on the production slice (ingest's held-out recent feedback)."""
+    found = metrics.get("production")
+    if not found:
+        return _not_measured("No production slice: the dataset holds no production.parquet (no feedback merged, "
+                             "or too little for a slice).")
+    challenger, champion = found.get("challenger") or {}, found.get("champion") or {}
+    version = metrics.get("champion_version")
+    header = ["metric", "challenger", f"champion v{version}" if version else "champion", "Δ vs champion"]
+    names = {"accuracy": "accuracy", "f1": "F1", "rows": "rows"}
+    rows = [[name, fmt(challenger.get(k)), fmt(champion.get(k)),
+             "" if k == "rows" else delta(challenger.get(k), champion.get(k))] for k, name in names.items()]
+    note = ("The most recent labelled feedback, held out by ingest: never trained on, never in the base test split."
+            + ("" if champion else " No champion was scored on these rows."))
+    return _table(header, rows) + f"<p>{esc(note)}</p>"
+
+
 def _figures(metrics: Mapping[str, Any], images: Mapping[str, str]) -> str:
     parts = []
     captions = {"confusion": "Confusion matrix (challenger)", "reliability": "Reliability diagram"}
@@ -261,6 +278,7 @@ def render_report(metrics: Mapping[str, Any], *, title: str, images: Mapping[str
     sections = [
         ("Headline", _headline(metrics)),
         ("Challenger, champion and baseline", _comparison(metrics)),
+        ("Production slice (recent feedback)", _production(metrics)),
         ("Confusion matrix and reliability", _figures(metrics, images)),
         (f"Slices by review length (serving limit {tokens} tokens)", _slices(metrics)),
         ("Calibration", _calibration(metrics)),

@@ -57,7 +57,14 @@ from sentimentops.steps.core.tracking import (
     configure,
     mlflow_run,
 )
-from sentimentops.steps.register.promotion import Decision, EvalMetrics, PolicySettings, decide
+from sentimentops.steps.register.promotion import (
+    PRODUCTION_ACCURACY_KEY,
+    PRODUCTION_ROWS_KEY,
+    Decision,
+    EvalMetrics,
+    PolicySettings,
+    decide,
+)
 
 log = get_logger("sentimentops.register")
 PYFUNC_CODE = Path(__file__).parent / "pyfunc_model.py"
@@ -68,6 +75,9 @@ CARD_DIR, CARD_FILE = "model_card", "README.md"
 TEST_SPLIT = "test.parquet"  # the ingest step's held-out split (steps/ingest.py writes <split>.parquet)
 # Two reviews as the pyfunc's input_example: MLflow stores them with the model and checks them against the signature
 # by running predict once at log time (offline: the pyfunc loads the saved folder, no download).
+# The production slice's numbers a version carries beside METRIC_TAGS / EVIDENCE_TAGS when evaluate measured them
+# (the challenger on ingest's held-out recent feedback; steps/evaluate/cli.py production_summary).
+PRODUCTION_TAGS = (PRODUCTION_ACCURACY_KEY, "production_f1", PRODUCTION_ROWS_KEY, "champion_production_accuracy")
 INPUT_EXAMPLE = {"text": ["A warm, funny film with a great cast.", "Dull, predictable and far too long."]}
 
 
@@ -173,11 +183,16 @@ def champion_metrics(evaluation: EvaluateManifest, champion: Any) -> EvalMetrics
     m = evaluation.metrics
     if evaluation.refs.champion_version == str(champion.version) and m.champion_test_accuracy is not None:
         nan = math.nan
+        production = m.get("champion_production_accuracy")
         return EvalMetrics(accuracy=m.champion_test_accuracy, f1=nan if m.champion_test_f1 is None else
-                           m.champion_test_f1, roc_auc=nan if m.champion_test_roc_auc is None else m.champion_test_roc_auc)
+                           m.champion_test_f1, roc_auc=nan if m.champion_test_roc_auc is None else m.champion_test_roc_auc,
+                           production_accuracy=nan if production is None else production,
+                           production_rows=m.get(PRODUCTION_ROWS_KEY, nan))
     log.warning("champion is version %s, evaluate scored %s: comparing with the champion's registry metrics "
-                "(measured on its own test rows)", champion.version, evaluation.refs.champion_version or "none")
-    return EvalMetrics.from_mapping(champion.tags or {}, prefix="test_")
+                "(measured on its own test rows; its production slice was another, so it is left out)",
+                champion.version, evaluation.refs.champion_version or "none")
+    tags = EvalMetrics.from_mapping(champion.tags or {}, prefix="test_")
+    return EvalMetrics(accuracy=tags.accuracy, f1=tags.f1, roc_auc=tags.roc_auc)
 
 
 def register_version(client: Any, inputs: Inputs, settings: RegisterSettings, model_hash: str) -> Any:
@@ -207,7 +222,8 @@ def register_version(client: Any, inputs: Inputs, settings: RegisterSettings, mo
             "base_model": str(inputs.train.params.base_model_used or ""),
             "run.reason": settings.run_reason, "workflow": settings.workflow_name,
             **{f"test_{k}": f"{challenger[f'test_{k}']:.6f}" for k in METRIC_TAGS},
-            **{k: f"{challenger[k]:.6f}" for k in EVIDENCE_TAGS if challenger[k] is not None}}
+            **{k: f"{challenger[k]:.6f}" for k in EVIDENCE_TAGS if challenger[k] is not None},
+            **{k: f"{challenger[k]:.6f}" for k in PRODUCTION_TAGS if challenger.get(k) is not None}}
     # Tags go in with the version in one call: a crash can never leave an untagged (half-registered) version.
     created = mlflow.register_model(info.model_uri, name, tags=tags)
     log.info("%s version %s from run %s", name, created.version, run_id)

@@ -8,6 +8,12 @@ Two pieces of evidence can gate too (issue 14), each off unless the profile sets
 logistic-regression baseline fitted and scored by evaluate on the same test rows (a transformer that cannot beat it
 is not worth its serving cost), and the behavioural suite's pass rate. Off, each is still reported in the reasons
 when measured; on, a missing measurement refuses the promotion (never promote on evidence that is not there).
+
+The production slice (issue 15: ingest's held-out recent feedback, scored by evaluate for both models): where both
+models have an accuracy on it and the slice holds at least `min_production_rows` rows, the champion is replaced only
+when neither the base test split nor the slice regresses beyond its margin (`test_not_worse`,
+`production_not_worse`) and the gain on EITHER reaches min_gain_over_champion: a retrain on drifted traffic is meant
+to gain on the traffic while keeping the corpus, not to gain on both. Without a slice the decision is the one above.
 """
 from __future__ import annotations
 
@@ -21,6 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 # are read without the `test_` / `champion_test_` prefix.
 TFIDF_ACCURACY_KEY = "tfidf_test_accuracy"
 BEHAVIOUR_PASS_RATE_KEY = "behaviour_pass_rate"
+# The production slice's (evaluate: production_summary): `production_accuracy` for the challenger (a registry
+# version's own tag too), `champion_production_accuracy` for the champion; the rows, for both.
+PRODUCTION_ACCURACY_KEY = "production_accuracy"
+PRODUCTION_ROWS_KEY = "production_rows"
 
 
 class PolicySettings(BaseModel):
@@ -39,6 +49,15 @@ class PolicySettings(BaseModel):
     min_behaviour_pass_rate: float | None = Field(
         None, ge=0, le=1, description="Overall pass rate (0..1) the behavioural suite must reach; None: reported, "
         "not gated.")
+    max_test_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="With a production slice: test accuracy may fall at most this much below the "
+        "champion's (the gain may come from the slice alone).")
+    max_production_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="With a production slice: its accuracy may fall at most this much below the "
+        "champion's.")
+    min_production_rows: int = Field(
+        50, ge=1, description="A production slice smaller than this is reported, not judged (at 50 rows one answer "
+        "moves accuracy 2 points).")
 
 
 @dataclass(frozen=True)
@@ -55,12 +74,16 @@ class EvalMetrics:
     roc_auc: float = math.nan
     baseline_accuracy: float = math.nan
     behaviour_pass_rate: float = math.nan
+    production_accuracy: float = math.nan
+    production_rows: float = math.nan
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object], prefix: str = "") -> EvalMetrics:
         """From `{prefix}accuracy`, `{prefix}f1`, `{prefix}roc_auc` (an evaluate manifest's metrics with prefix
-        `test_`, a registry version's tags) and the unprefixed `tfidf_test_accuracy`, `behaviour_pass_rate`; a
-        missing or non-numeric value is NaN."""
+        `test_`, a registry version's tags), the unprefixed `tfidf_test_accuracy`, `behaviour_pass_rate`,
+        `production_rows`, and the production slice's accuracy under the same prefix with `test_` read as
+        `production_` (`production_accuracy`, `champion_production_accuracy`); a missing or non-numeric value is
+        NaN."""
 
         def number(key: str) -> float:
             value = values.get(key)
@@ -69,9 +92,11 @@ class EvalMetrics:
             except (TypeError, ValueError):
                 return math.nan
 
+        production = prefix.removesuffix("test_") + "production_"
         return cls(accuracy=number(prefix + "accuracy"), f1=number(prefix + "f1"),
                    roc_auc=number(prefix + "roc_auc"), baseline_accuracy=number(TFIDF_ACCURACY_KEY),
-                   behaviour_pass_rate=number(BEHAVIOUR_PASS_RATE_KEY))
+                   behaviour_pass_rate=number(BEHAVIOUR_PASS_RATE_KEY),
+                   production_accuracy=number(production + "accuracy"), production_rows=number(PRODUCTION_ROWS_KEY))
 
 
 @dataclass
@@ -165,6 +190,8 @@ def decide(challenger: EvalMetrics, champion: EvalMetrics | None, policy: Policy
         decision.promote = True
         decision.reasons.append("the champion could not be scored on these test rows")
         return decision
+    if _judges_production(challenger, champion, policy, decision):
+        return _decide_with_production(challenger, champion, policy, decision)
     gain = acc - champ_acc
     decision.checks["beats_champion"] = gain + EPS >= policy.min_gain_over_champion
     decision.checks["f1_within_tolerance"] = f1 + EPS >= champ_f1 - policy.max_f1_drop
@@ -177,4 +204,54 @@ def decide(challenger: EvalMetrics, champion: EvalMetrics | None, policy: Policy
     decision.promote = decision.checks["beats_champion"] and decision.checks["f1_within_tolerance"]
     if decision.promote:
         decision.reasons.append(f"beats the champion by {gain:+.4f} accuracy, F1 {f1:.4f} vs {champ_f1:.4f}")
+    return decision
+
+
+def _judges_production(challenger: EvalMetrics, champion: EvalMetrics, policy: PolicySettings,
+                       decision: Decision) -> bool:
+    """Whether the production slice takes part: both accuracies measured and enough rows. A slice that is there but
+    too small is said in the reasons (reported, not judged)."""
+    if not _finite(challenger.production_accuracy, champion.production_accuracy):
+        return False
+    rows = challenger.production_rows
+    if not _finite(rows) or rows < policy.min_production_rows:
+        shown = "unknown" if not _finite(rows) else f"{rows:.0f}"
+        decision.reasons.append(f"production slice of {shown} rows < min_production_rows "
+                                f"{policy.min_production_rows}: reported, not judged (production accuracy "
+                                f"{challenger.production_accuracy:.4f} vs {champion.production_accuracy:.4f})")
+        return False
+    return True
+
+
+def _decide_with_production(challenger: EvalMetrics, champion: EvalMetrics, policy: PolicySettings,
+                            decision: Decision) -> Decision:
+    """The champion comparison on both the test split and the production slice (module docstring)."""
+    acc, prod, f1 = challenger.accuracy, challenger.production_accuracy, challenger.f1
+    champ_acc, champ_prod, champ_f1 = champion.accuracy, champion.production_accuracy, champion.f1
+    test_gain, prod_gain = acc - champ_acc, prod - champ_prod
+    checks = decision.checks
+    checks["test_not_worse"] = acc + EPS >= champ_acc - policy.max_test_accuracy_drop
+    checks["production_not_worse"] = prod + EPS >= champ_prod - policy.max_production_accuracy_drop
+    checks["beats_champion"] = max(test_gain, prod_gain) + EPS >= policy.min_gain_over_champion
+    # The test split may lose up to max_test_accuracy_drop of accuracy here, and F1 moves with it (a retrain that
+    # shifts its class balance loses more F1 than accuracy): F1 gets that allowance on top of its own tolerance.
+    f1_drop = policy.max_f1_drop + policy.max_test_accuracy_drop
+    checks["f1_within_tolerance"] = f1 + EPS >= champ_f1 - f1_drop
+    if not checks["test_not_worse"]:
+        decision.reasons.append(f"test accuracy {acc:.4f} falls more than {policy.max_test_accuracy_drop:.4f} below "
+                                f"the champion's {champ_acc:.4f}")
+    if not checks["production_not_worse"]:
+        decision.reasons.append(f"production accuracy {prod:.4f} falls more than "
+                                f"{policy.max_production_accuracy_drop:.4f} below the champion's {champ_prod:.4f}")
+    if not checks["beats_champion"]:
+        decision.reasons.append(f"accuracy gain over the champion {test_gain:+.4f} on test, {prod_gain:+.4f} on "
+                                f"production: neither reaches the required {policy.min_gain_over_champion:+.4f}")
+    if not checks["f1_within_tolerance"]:
+        decision.reasons.append(f"F1 {f1:.4f} falls more than {f1_drop:.4f} below the champion's "
+                                f"{champ_f1:.4f}")
+    decision.promote = all(checks[k] for k in ("test_not_worse", "production_not_worse", "beats_champion",
+                                               "f1_within_tolerance"))
+    if decision.promote:
+        decision.reasons.append(f"beats the champion by {test_gain:+.4f} accuracy on test and {prod_gain:+.4f} on "
+                                f"production ({challenger.production_rows:.0f} rows), F1 {f1:.4f} vs {champ_f1:.4f}")
     return decision

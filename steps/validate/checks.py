@@ -2,7 +2,7 @@
 checks. `validate_dataset(frames, settings) -> ValidationResult`; `load_frames` reads the ingest output.
 
 Both the CLI (sentimentops.steps.validate.cli) and the renderer (sentimentops.steps.validate.report) import this
-module, and it imports neither: the imports point one way (cli -> report -> checks).
+module, and it imports neither: the imports point one way (cli -> report -> checks -> leaks -> outcomes).
 """
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from sentimentops.steps.core.config import CommonSettings
 from sentimentops.steps.core.errors import DataError
+from sentimentops.steps.core.production import PRODUCTION_SPLIT, normalised
+from sentimentops.steps.validate.leaks import run_no_leak, run_production, run_provenance
+from sentimentops.steps.validate.outcomes import REQUIRED_COLUMNS, ExpectationOutcome
 
-REQUIRED_COLUMNS = ("text", "label")  # the ingest contract (docs/stages.md); extra columns are allowed
 # Derived columns handed to GX so it can express length statistics and duplicates; dunder names avoid clashes.
 _LENGTH, _NORMALISED = "__text_length", "__text_normalised"
 _GX = "great_expectations"
@@ -77,19 +79,6 @@ class ValidateSettings(CommonSettings):
         return self.model_dump(mode="json", include=set(own))
 
 
-class ExpectationOutcome(BaseModel):
-    """One expectation evaluated on one split (or, for leakage, on a pair of splits written `train/test`)."""
-
-    name: str = Field(description="Stable short name, e.g. label_balance.")
-    split: str
-    engine: str = Field(description="great_expectations, or pandas for what GX cannot express directly.")
-    expectation: str = Field(description="The GX expectation type or the pandas computation.")
-    success: bool
-    observed: float | int | str | None = Field(description="The observed value (or count of bad values).")
-    expected: str = Field(description="The threshold, in words.")
-    message: str = Field(description="What was seen, readable without the report.")
-
-
 class ValidationResult(BaseModel):
     success: bool
     rows: dict[str, int] = Field(description="Rows per split.")
@@ -107,16 +96,11 @@ class ValidationResult(BaseModel):
         return grouped
 
 
-def _normalise(text: pd.Series) -> pd.Series:
-    """Whitespace-normalised text (runs of whitespace -> one space, stripped); None for non-strings."""
-    return text.map(lambda v: " ".join(v.split()) if isinstance(v, str) else None)
-
-
 def _with_derived(frame: pd.DataFrame) -> pd.DataFrame:
     if "text" not in frame.columns:
         return frame  # columns_present fails; the text expectations report "not evaluated"
     lengths = frame["text"].map(lambda v: len(v) if isinstance(v, str) else None).astype("float64")
-    return frame.assign(**{_LENGTH: lengths, _NORMALISED: _normalise(frame["text"])})
+    return frame.assign(**{_LENGTH: lengths, _NORMALISED: normalised(frame["text"])})
 
 
 def _suite(s: ValidateSettings) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -226,8 +210,8 @@ def run_overlap(
             "expected": f"<= {settings.max_overlap_share:g}"}
     if "text" not in ref_frame.columns or "text" not in chk_frame.columns:
         return ExpectationOutcome(**made, success=False, observed=None, message="not evaluated: no text column")
-    seen = set(_normalise(ref_frame["text"]).dropna())
-    texts = _normalise(chk_frame["text"])
+    seen = set(normalised(ref_frame["text"]).dropna())
+    texts = normalised(chk_frame["text"])
     hits = texts.notna() & texts.isin(seen)
     share = round(float(hits.mean()), 6) if len(texts) else 0.0
     message = (f"{int(hits.sum())} of {len(texts)} {checked} rows ({share:.2%}; {texts[hits].nunique()} distinct "
@@ -236,16 +220,22 @@ def run_overlap(
 
 
 def validate_dataset(frames: dict[str, pd.DataFrame], settings: ValidateSettings) -> ValidationResult:
-    """Runs the GX suite on each configured split, then the cross-split leakage checks."""
+    """Runs the GX suite on each configured split, then the cross-split leakage checks; where ingest merged
+    feedback, the provenance and no-leak checks, and the production slice's own (when `frames` holds one)."""
     missing = [s for s in settings.splits if s not in frames]
     if missing:
         raise ValueError(f"frames lack the configured splits {missing} (have {sorted(frames)})")
     outcomes = run_suite({s: frames[s] for s in settings.splits}, settings)
     for reference, checked in settings.overlap_pairs:
         outcomes.append(run_overlap(reference, frames[reference], checked, frames[checked], settings))
+    checked_splits = [*settings.splits, *([PRODUCTION_SPLIT] if PRODUCTION_SPLIT in frames else [])]
+    if PRODUCTION_SPLIT in frames:
+        outcomes += run_production(frames[PRODUCTION_SPLIT])
+    outcomes += run_provenance({s: frames[s] for s in checked_splits})
+    outcomes += run_no_leak({s: frames[s] for s in checked_splits})
     return ValidationResult(
         success=all(o.success for o in outcomes),
-        rows={s: len(frames[s]) for s in settings.splits},
+        rows={s: len(frames[s]) for s in checked_splits},
         outcomes=outcomes,
         thresholds=settings.thresholds(),
     )
@@ -257,11 +247,17 @@ class UnusableInput(DataError):
 
 
 def load_frames(dataset: Path, splits: Iterable[str]) -> dict[str, pd.DataFrame]:
+    """The configured splits, and the production slice when ingest wrote one (it is optional: no feedback, or too
+    little for a slice)."""
     if not dataset.is_dir():
         raise UnusableInput(f"dataset folder {dataset} does not exist")
     frames = {}
-    for split in splits:
+    splits = list(splits)
+    optional = [PRODUCTION_SPLIT] if PRODUCTION_SPLIT not in splits else []
+    for split in [*splits, *optional]:
         path = dataset / f"{split}.parquet"
+        if split in optional and not path.is_file():
+            continue
         if not path.is_file():
             raise UnusableInput(f"{path} is missing (expected {', '.join(f'{s}.parquet' for s in splits)})")
         try:

@@ -44,7 +44,8 @@ def render_markdown(result: ValidationResult) -> str:
     lines += ["## Expectations", "", "| " + " | ".join(_COLUMNS) + " |", "|" + " --- |" * len(_COLUMNS)]
     lines += ["| " + " | ".join(_md_escape(c) for c in _cells(o)) + " |" for o in result.outcomes]
     engines = ("Engines: per-split checks run as a Great Expectations suite; `overlap_share` (leakage between "
-               "splits) is computed with pandas.")
+               "splits) and, where production feedback was merged, `provenance_values`, `no_feedback_in_test`, "
+               "`no_leak` and the production slice's checks are computed with pandas.")
     lines += ["", engines, "", "## Thresholds", ""]
     lines += [f"- `{key}`: {json.dumps(value)}" for key, value in result.thresholds.items()]
     return "\n".join(lines) + "\n"

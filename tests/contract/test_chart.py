@@ -206,7 +206,7 @@ def chart_parameters(values: dict, namespace: str = NAMESPACE) -> dict[str, str]
         "image-registry": v["image"]["registry"], "image-tag": v["image"]["tag"] or appversion,
         "mlflow-tracking-uri": mlflow, "mlflow-artifacts-destination": root, "dvc-remote": v["dvc"]["remote"],
         "prometheus-url": v["monitoring"]["prometheus"]["url"], "inference-service": v["inferenceService"]["name"],
-        "argo-ui-url": v["argo"]["uiUrl"],
+        "argo-ui-url": v["argo"]["uiUrl"], "production-store": v["production"]["store"],
     }
 
 
@@ -609,7 +609,8 @@ def test_drift_monitor_sidecar_reads_the_predictors_records_and_reference(render
     flags = _drift_flags(drift)
     assert drift["command"] == ["sh", "-c"] and "sentimentops drift watch \"$@\"" in drift["args"][0]
     assert flags == {"--records": records, "--reference": str(Path(records).parent / "drift_reference.json"),
-                     "--host": "0.0.0.0", "--port": "9108", "--window": "500", "--threshold": "0.2"}
+                     "--host": "0.0.0.0", "--port": "9108", "--window": "500", "--window-seconds": "300",
+                     "--min-window": "200", "--threshold": "0.2"}
     # Every flag is one `sentimentops drift watch` accepts.
     helptext = subprocess.run([str(REPO / ".venv" / "bin" / "sentimentops"), "drift", "watch", "--help"],
                               check=True, capture_output=True, text=True, timeout=120).stdout

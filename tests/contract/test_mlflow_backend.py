@@ -99,6 +99,7 @@ def terraform_chart_values(tf: dict, project: str = ACME) -> dict:
         "local.image_registry": f"{registry_loc}-docker.pkg.dev/{project}/sentimentops",
         "local.dvc_remote": f"gs://{prefix}-dvc/remote",
         "local.mlflow_artifacts_destination": f"gs://{prefix}-mlflow/artifacts",
+        "local.production_store": f"gs://{prefix}-production",
         'google_storage_bucket.data["argo"].name': f"{prefix}-argo",
         "google_sql_database_instance.mlflow.connection_name": connection_name(tf, project),
         "google_sql_database.mlflow.name": resources(tf, "google_sql_database")["mlflow"]["name"],

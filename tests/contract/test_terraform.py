@@ -117,7 +117,7 @@ def test_no_service_account_keys_or_static_credentials_anywhere(tf):
 def test_buckets_are_private_versioned_encrypted_and_expire_old_versions(tf):
     buckets = resources(tf, "google_storage_bucket")
     assert set(buckets) == {"logs", "data"}
-    assert set(locals_(tf)["buckets"]) == {"dvc", "mlflow", "argo"}
+    assert set(locals_(tf)["buckets"]) == {"dvc", "mlflow", "argo", "production", "scores"}
     for name, b in buckets.items():
         assert b["uniform_bucket_level_access"] is True, name
         assert b["public_access_prevention"] == "enforced", name
@@ -142,12 +142,18 @@ def test_iam_is_least_privilege(tf):
         for name, grant in resources(tf, rtype).items():
             assert not ADMIN_ROLES.search(str(grant.get("role"))), f"{rtype}.{name}: {grant.get('role')}"
     for grant in locals_(tf)["bucket_grants"].values():
-        assert grant["role"] in {"roles/storage.objectUser", "roles/storage.objectViewer"}, grant
+        assert grant["role"] in {"roles/storage.objectUser", "roles/storage.objectViewer",
+                                 "roles/storage.objectCreator"}, grant
     assert not (all_resource_types(tf) & {"google_project_iam_binding", "google_project_iam_policy"}), \
         "authoritative project IAM would remove grants made outside this module"
-    # The serving identity only reads models.
+    # The serving identity only reads models, and adds (never replaces or deletes) production data.
     serving = [g for g in locals_(tf)["bucket_grants"].values() if g["sa"] == "serving"]
-    assert serving == [{"bucket": "mlflow", "sa": "serving", "role": "roles/storage.objectViewer"}]
+    assert sorted(serving, key=str) == sorted([
+        {"bucket": "mlflow", "sa": "serving", "role": "roles/storage.objectViewer"},
+        {"bucket": "production", "sa": "serving", "role": "roles/storage.objectCreator"},
+        {"bucket": "production", "sa": "serving", "role": "roles/storage.objectViewer"}], key=str)
+    creators = [g for g in locals_(tf)["bucket_grants"].values() if g["role"] == "roles/storage.objectCreator"]
+    assert all(g["sa"] == "serving" and g["bucket"] == "production" for g in creators), creators
 
 
 def test_one_gsa_per_role_bound_to_the_charts_kubernetes_service_accounts(tf):

@@ -117,11 +117,12 @@ def test_the_name_is_stable_and_the_version_is_a_label(doc):
 CHART_PARAMETERS = {
     "image-registry": "", "image-tag": training.package_version(), "mlflow-tracking-uri": "",
     "mlflow-artifacts-destination": "", "dvc-remote": "", "prometheus-url": "http://prometheus-operated.monitoring.svc:9090",
-    "inference-service": "sentiment", "argo-ui-url": "",
+    "inference-service": "sentiment", "argo-ui-url": "", "production-store": "",
 }
 # Which stage container gets which of them as env (beyond profile, reason and the workflow name).
 STAGE_ENV = {"SENTIMENTOPS_MLFLOW_TRACKING_URI": ("mlflow-tracking-uri", set(STAGE_CONTRACT)),
              "SENTIMENTOPS_VERSION_REMOTE": ("dvc-remote", {"version"}),
+             "SENTIMENTOPS_PRODUCTION_STORE": ("production-store", {"ingest"}),
              "SENTIMENTOPS_MLFLOW_ARTIFACTS_DESTINATION": ("mlflow-artifacts-destination", {"register"})}
 
 

@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 
 from sentimentops.steps.core.config import load_settings
+from sentimentops.steps.core.production import FEEDBACK, PROVENANCE_COLUMN, Store, feedback_frame
 from sentimentops.steps.ingest import (
     IngestSettings,
     make_splits,
     read_local,
     resolve_source,
+    select_feedback,
     stratified_sample,
 )
 from sentimentops.steps.ingest import main as ingest_main
@@ -85,7 +87,10 @@ def test_cli_writes_splits_and_manifest(home, imdb_dir, tmp_path):
     out = tmp_path / "ds"
     assert ingest_main(["--source", str(imdb_dir), "--sample-size", "200", "--test-size", "50", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["metrics"] == {"train_rows": 180.0, "validation_rows": 20.0, "test_rows": 50.0}
+    rows = {k: v for k, v in manifest["metrics"].items() if k.endswith("_rows") and not k.startswith("feedback")}
+    assert rows == {"train_rows": 180.0, "validation_rows": 20.0, "test_rows": 50.0}
+    assert manifest["metrics"]["feedback_read"] == 0  # the local store {home}/production does not exist yet
+    assert not (out / "production.parquet").exists()
     first = (out / "train.parquet").read_bytes()
     assert ingest_main(["--source", str(imdb_dir), "--sample-size", "200", "--test-size", "50", "--out", str(out)]) == 0
     assert (out / "train.parquet").read_bytes() == first  # identical input -> identical bytes -> same DVC hash
@@ -109,3 +114,115 @@ def test_gke_profile_refuses_fallback(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("SENTIMENTOPS_HOME", str(tmp_path))
     assert ingest_main(["--source", "auto", "--out", str(tmp_path / "o")]) == 1
     assert "allows no fallback" in caplog.text
+
+
+# ---- feedback from the production store (issue 15) ----------------------------------------------------------------
+NOW = 1_800_000_000.0
+DAY = 86400.0
+
+
+def fb(rows: list[tuple]) -> pd.DataFrame:
+    """Feedback rows (id, text, label, ts): the store's columns with the rest filled in."""
+    return feedback_frame([{"id": i, "ts": ts, "text": t, "label": lab, "predicted": -1, "model_version": "1",
+                            "origin": "api:id"} for i, t, lab, ts in rows])
+
+
+def many(n: int, start: float = NOW - 10 * DAY, prefix: str = "fb") -> pd.DataFrame:
+    return fb([(f"r{i}", f"{prefix} text {i}", i % 2, start + i) for i in range(n)])
+
+
+def base_raw() -> dict[str, pd.DataFrame]:
+    return {"train": frame(400, prefix="train"), "test": frame(100, prefix="test")}
+
+
+def test_no_feedback_changes_nothing_but_the_provenance_column(home):
+    s = settings(sample_size=200, val_fraction=0.2)
+    plain = make_splits(base_raw(), s)
+    empty = make_splits(base_raw(), s, fb([]), now=NOW)
+    for (name, a), (_, b) in zip(plain.items(), empty.items(), strict=True):
+        assert (a[PROVENANCE_COLUMN] == "base").all(), name
+        pd.testing.assert_frame_equal(a, b)
+    assert empty.production is None and empty.feedback is not None and empty.feedback.read == 0
+
+
+def test_feedback_joins_train_and_validation_never_test_with_provenance(home):
+    s = settings(sample_size=200, val_fraction=0.2, production_fraction=0.2, production_min_rows=10)
+    splits = make_splits(base_raw(), s, many(100), now=NOW)
+    assert (splits.test[PROVENANCE_COLUMN] == "base").all() and splits.test["text"].str.startswith("test").all()
+    assert splits.production is not None and len(splits.production) == 20
+    learn = pd.concat([splits.train, splits.validation])
+    assert (learn[PROVENANCE_COLUMN] == "feedback").sum() == 80
+    assert set(learn.loc[learn[PROVENANCE_COLUMN] == "feedback", "text"]).isdisjoint(splits.production["text"])
+    # the production slice is the most recent 20% (ts order), whatever the seed
+    assert sorted(splits.production["text"]) == sorted(f"fb text {i}" for i in range(80, 100))
+    other = make_splits(base_raw(), s.model_copy(update={"seed": 7}), many(100), now=NOW)
+    assert other.production is not None and sorted(other.production["text"]) == sorted(splits.production["text"])
+    again = make_splits(base_raw(), s, many(100), now=NOW)
+    pd.testing.assert_frame_equal(again.train, splits.train)
+    assert splits.feedback.metrics()["feedback_train_rows"] == 80
+
+
+def test_dedup_by_id_then_text_and_base_texts_dropped():
+    rows = fb([
+        ("a", "same id", 1, NOW - 5), ("a", "same id, relabelled", 0, NOW - 1),  # first label per id wins
+        ("b", "twice  said", 0, NOW - 4), ("c", "twice said", 1, NOW - 3),      # same normalised text: newest
+        ("d", "test 3", 1, NOW - 2),                                             # a base test text: never train
+        ("e", " train 5 ", 0, NOW - 2),                                          # a base train text
+        ("f", "", 1, NOW - 2), ("g", "fine", 7, NOW - 2),                        # no text, bad label
+    ])
+    chosen = select_feedback(rows, settings(production_min_rows=50), base_test=frame(10, prefix="test"),
+                             base_train=frame(10, prefix="train"), now=NOW)
+    assert chosen.counts.dropped == {"duplicate_id": 1, "invalid": 2, "outside_window": 0, "duplicate_text": 1,
+                                     "in_base_test": 1, "in_base_train": 1, "over_cap": 0}
+    assert sorted(zip(chosen.train["text"], chosen.train["label"], strict=True)) == [("same id", 1),
+                                                                                     ("twice said", 1)]
+    assert len(chosen.production) == 0 and chosen.counts.kept == 2 and chosen.counts.read == 8
+
+
+def test_window_and_cap_keep_the_most_recent():
+    rows = many(100, start=NOW - 100 * DAY)  # row i labelled at NOW - 100 days + i seconds ... then spread below
+    rows["ts"] = [NOW - (100 - i) * DAY for i in range(100)]  # row i is 100 - i days old
+    s = settings(feedback_window_days=30, feedback_max_rows=20, production_fraction=0.25, production_min_rows=5)
+    chosen = select_feedback(rows, s, base_test=frame(5, prefix="test"), base_train=frame(5, prefix="train"),
+                             now=NOW)
+    assert chosen.counts.dropped["outside_window"] == 70 and chosen.counts.dropped["over_cap"] == 10
+    kept = sorted(int(t.split()[-1]) for t in [*chosen.train["text"], *chosen.production["text"]])
+    assert kept == list(range(80, 100))
+    assert sorted(int(t.split()[-1]) for t in chosen.production["text"]) == list(range(95, 100))
+
+
+def test_no_production_slice_below_its_minimum():
+    s = settings(production_fraction=0.2, production_min_rows=50)
+    chosen = select_feedback(many(200), s, base_test=frame(5), base_train=frame(5, prefix="t"), now=NOW)
+    assert len(chosen.production) == 0 and len(chosen.train) == 200
+
+
+def test_cli_merges_the_store_writes_the_slice_and_counts(home, imdb_dir, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    texts = [f"a production review number {i} about a film" for i in range(300)]
+    Store(str(store)).write_part(FEEDBACK, fb([(f"id{i}", t, i % 2, 1000.0 + i) for i, t in enumerate(texts)]))
+    monkeypatch.setenv("SENTIMENTOPS_PRODUCTION_STORE", str(store))
+    out = tmp_path / "ds"
+    argv = ["--source", str(imdb_dir), "--sample-size", "200", "--test-size", "50", "--out", str(out)]
+    assert ingest_main(argv) == 0
+    production = pd.read_parquet(out / "production.parquet")
+    assert len(production) == 60 and (production["provenance"] == "feedback").all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"]["production"] == "production.parquet"
+    assert manifest["metrics"]["feedback_read"] == 300 and manifest["metrics"]["feedback_train_rows"] == 240
+    assert manifest["metrics"]["production_rows"] == 60
+    assert manifest["metrics"]["feedback_dropped_duplicate_id"] == 0
+    # merging off (or an empty store setting): the slice of the earlier run is gone, no feedback counted
+    assert ingest_main([*argv, "--no-feedback"]) == 0
+    assert not (out / "production.parquet").exists()
+    assert "feedback_read" not in json.loads((out / "manifest.json").read_text())["metrics"]
+    assert ingest_main([*argv, "--production-store", ""]) == 0 and not (out / "production.parquet").exists()
+    assert "feedback_read" not in json.loads((out / "manifest.json").read_text())["metrics"]
+
+
+def test_cli_unreadable_feedback_exits_1(home, imdb_dir, tmp_path, monkeypatch, caplog):
+    (tmp_path / "store" / "feedback").mkdir(parents=True)
+    (tmp_path / "store" / "feedback" / "part-x.parquet").write_text("not parquet")
+    monkeypatch.setenv("SENTIMENTOPS_PRODUCTION_STORE", str(tmp_path / "store"))
+    assert ingest_main(["--source", str(imdb_dir), "--out", str(tmp_path / "o")]) == 1
+    assert "feedback cannot be read" in caplog.text and "Traceback" not in caplog.text

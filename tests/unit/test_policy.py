@@ -131,3 +131,105 @@ def test_evidence_from_an_evaluate_manifest():
     assert (metrics.baseline_accuracy, metrics.behaviour_pass_rate) == (0.842, 0.95)
     missing = EvalMetrics.from_mapping({"test_accuracy": 0.9, "test_f1": 0.89}, "test_")
     assert math.isnan(missing.baseline_accuracy) and math.isnan(missing.behaviour_pass_rate)
+
+
+# ---------------------------------------------------------------------------------- the production slice (issue 15)
+def pm(acc: float, prod: float = math.nan, rows: float = 200, f1: float | None = None) -> EvalMetrics:
+    return EvalMetrics(accuracy=acc, f1=acc if f1 is None else f1, production_accuracy=prod, production_rows=rows)
+
+
+SLICE = POLICY.model_copy(update={"max_test_accuracy_drop": 0.01, "max_production_accuracy_drop": 0.01,
+                                  "min_production_rows": 50})
+BOTH = {"beats_baseline": True, "test_not_worse": True, "production_not_worse": True, "beats_champion": True,
+        "f1_within_tolerance": True}
+
+
+@pytest.mark.parametrize(
+    ("case", "challenger", "champion", "promote", "reason_part", "failed"),
+    [
+        ("gains on production, test within its margin", pm(0.895, 0.80), pm(0.90, 0.70), True,
+         "+0.1000 on production", set()),
+        ("gains on test, production unchanged", pm(0.91, 0.70), pm(0.90, 0.70), True, "+0.0100 accuracy on test",
+         set()),
+        ("gains on production, test regresses past its margin", pm(0.88, 0.80, f1=0.90), pm(0.90, 0.70), False,
+         "test accuracy 0.8800 falls more than 0.0100", {"test_not_worse"}),
+        ("gains on test, production regresses past its margin", pm(0.95, 0.68), pm(0.90, 0.70), False,
+         "production accuracy 0.6800 falls more than 0.0100", {"production_not_worse"}),
+        ("both regress", pm(0.85, 0.60, f1=0.90), pm(0.90, 0.70), False, "neither reaches",
+         {"test_not_worse", "production_not_worse", "beats_champion"}),
+        ("gain on neither, both within their margins", pm(0.902, 0.702), pm(0.90, 0.70), False, "neither reaches",
+         {"beats_champion"}),
+        ("production gain but F1 collapses", pm(0.90, 0.80, f1=0.70), pm(0.90, 0.70, f1=0.90), False, "F1",
+         {"f1_within_tolerance"}),
+        # The loop's case: a point of test accuracy given up for the traffic, F1 moving a little more with it.
+        ("test loses exactly its margin, F1 a half point more", pm(0.89, 0.80, f1=0.885), pm(0.90, 0.70, f1=0.90),
+         True, "+0.1000 on production", set()),
+        ("test loses just past its margin", pm(0.8899, 0.80), pm(0.90, 0.70), False,
+         "test accuracy 0.8899 falls more than 0.0100", {"test_not_worse"}),
+        ("F1 past both allowances", pm(0.895, 0.80, f1=0.8699), pm(0.90, 0.70, f1=0.90), False, "F1",
+         {"f1_within_tolerance"}),
+    ],
+)
+def test_production_slice_table(case, challenger, champion, promote, reason_part, failed):
+    decision = decide(challenger, champion, SLICE)
+    assert decision.promote is promote, (case, decision.summary())
+    assert reason_part in decision.summary(), (case, decision.summary())
+    assert decision.checks == {**BOTH, **dict.fromkeys(failed, False)}, case
+
+
+@pytest.mark.parametrize(
+    ("case", "challenger", "champion"),
+    [
+        ("no slice at all", pm(0.899), pm(0.895)),
+        ("only the challenger was scored on a slice", pm(0.899, 0.95), pm(0.895)),
+        ("slice below min_production_rows", pm(0.899, 0.95, rows=49), pm(0.895, 0.70, rows=49)),
+    ],
+)
+def test_without_a_judged_slice_the_decision_is_todays(case, challenger, champion):
+    today = decide(m(challenger.accuracy), m(champion.accuracy), SLICE)
+    decision = decide(challenger, champion, SLICE)
+    assert (decision.promote, decision.checks) == (today.promote, today.checks), case
+    assert not decision.promote  # 0.004 < the 0.005 margin on test; the big slice gain does not count here
+    if case.startswith("slice below"):
+        assert "production slice of 49 rows < min_production_rows 50: reported, not judged" in decision.summary()
+
+
+def test_production_numbers_from_an_evaluate_manifest_and_registry_tags():
+    metrics = {"test_accuracy": 0.9, "test_f1": 0.9, "production_accuracy": 0.8, "production_rows": 120.0,
+               "champion_test_accuracy": 0.88, "champion_test_f1": 0.88, "champion_production_accuracy": 0.7}
+    mine = EvalMetrics.from_mapping(metrics, "test_")
+    theirs = EvalMetrics.from_mapping(metrics, "champion_test_")
+    assert (mine.production_accuracy, mine.production_rows) == (0.8, 120.0)
+    assert theirs.production_accuracy == 0.7
+    assert decide(mine, theirs, SLICE).checks["production_not_worse"]
+    assert math.isnan(EvalMetrics.from_mapping({"test_accuracy": "0.9"}, "test_").production_accuracy)
+
+
+def test_the_slice_margins_are_policy_settings_with_defaults():
+    policy = PolicySettings()
+    assert (policy.max_test_accuracy_drop, policy.max_production_accuracy_drop, policy.min_production_rows) == \
+        (0.01, 0.01, 50)
+
+
+def test_register_reads_both_models_production_numbers_from_the_evaluate_manifest():
+    from types import SimpleNamespace
+
+    from sentimentops.steps.core.manifests import EvaluateManifest
+    from sentimentops.steps.register.cli import PRODUCTION_TAGS, challenger_metrics, champion_metrics
+
+    evaluation = EvaluateManifest.model_validate({
+        "step": "evaluate", "created": "2026-01-01T00:00:00+00:00", "git_sha": "", "image": "",
+        "refs": {"mlflow_run_id": "r", "champion_version": "3"},
+        "metrics": {"test_accuracy": 0.9, "test_f1": 0.9, "test_roc_auc": 0.95, "champion_test_accuracy": 0.9,
+                    "champion_test_f1": 0.9, "champion_test_roc_auc": 0.95, "production_accuracy": 0.85,
+                    "production_f1": 0.84, "production_rows": 200.0, "champion_production_accuracy": 0.7}})
+    mine = challenger_metrics(evaluation)
+    theirs = champion_metrics(evaluation, SimpleNamespace(version=3, tags={}))
+    assert (mine.production_accuracy, theirs.production_accuracy, theirs.production_rows) == (0.85, 0.7, 200.0)
+    decision = decide(mine, theirs, PolicySettings(min_gain_over_champion=0.005))
+    assert decision.promote and decision.checks["production_not_worse"]  # ties on test, gains on production
+    # a champion evaluate did not score: its registry tags were measured on another slice, so no slice comparison
+    moved = champion_metrics(evaluation, SimpleNamespace(version=4, tags={"test_accuracy": "0.88", "test_f1": "0.88",
+                                                                           "production_accuracy": "0.99"}))
+    assert math.isnan(moved.production_accuracy) and moved.accuracy == 0.88
+    assert set(PRODUCTION_TAGS) <= set(evaluation.metrics.model_dump())

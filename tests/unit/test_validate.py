@@ -234,3 +234,89 @@ def test_cli_unusable_input_exits_1(tmp_path, caplog, breakage):
     assert len(errors) == 1 and errors[0].getMessage().startswith("validate: data error:")
     assert len(errors[0].getMessage().splitlines()) == 1 and errors[0].exc_info is None
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+# ---- production feedback: provenance and the no-leak rule (issue 15) ------------------------------------------------
+def merged(n: int = N) -> dict[str, pd.DataFrame]:
+    """An ingest output with feedback: base + feedback rows in train/validation, a base test, a production slice."""
+    def split(prefix: str, provenance: list[str]) -> pd.DataFrame:
+        return good(len(provenance), prefix).drop(columns="extra").assign(provenance=provenance)
+
+    return {"train": split("train", ["base"] * (n - 10) + ["feedback"] * 10),
+            "validation": split("val", ["base"] * (n - 4) + ["feedback"] * 4),
+            "test": split("test", ["base"] * n), "production": split("prod", ["feedback"] * 20)}
+
+
+def merged_settings() -> ValidateSettings:
+    return ValidateSettings(min_rows=10)
+
+
+def outcome_of(result: ValidationResult, name: str, split: str):
+    return next(o for o in result.outcomes if o.name == name and o.split == split)
+
+
+def test_a_clean_merge_passes_the_provenance_and_no_leak_checks():
+    result = validate_dataset(merged(), merged_settings())
+    assert result.success, [o.message for o in result.failures]
+    assert result.rows["production"] == 20
+    names = {(o.name, o.split) for o in result.outcomes}
+    assert {("no_leak", "train+validation/production"), ("no_leak", "train+validation/test"),
+            ("no_feedback_in_test", "test"), ("provenance_values", "production")} <= names
+
+
+def test_a_planted_production_leak_is_caught_and_its_rows_named():
+    frames = merged()
+    frames["production"].loc[3, "text"] = "  " + frames["validation"]["text"].iloc[7].replace(" ", "   ") + " "
+    result = validate_dataset(frames, merged_settings())
+    leak = outcome_of(result, "no_leak", "train+validation/production")
+    assert not result.success and not leak.success and leak.observed == 1
+    assert "production row 3 = validation row 7" in leak.message
+
+
+def test_feedback_repeating_a_test_text_and_feedback_in_test_fail():
+    frames = merged()
+    frames["train"].loc[N - 1, "text"] = frames["test"]["text"].iloc[5]  # a feedback row of train
+    frames["test"].loc[0, "provenance"] = "feedback"
+    frames["train"].loc[0, "provenance"] = "prod"
+    result = validate_dataset(frames, ValidateSettings(min_rows=10, max_overlap_share=0.5))
+    failed = {(o.name, o.split) for o in result.failures}
+    assert failed == {("no_leak", "train+validation/test"), ("no_feedback_in_test", "test"),
+                      ("provenance_values", "train")}
+    assert "test row 5 = train row 39" in outcome_of(result, "no_leak", "train+validation/test").message
+
+
+def test_a_base_row_repeating_a_test_text_is_left_to_overlap_share():
+    frames = merged()
+    frames["train"].loc[0, "text"] = frames["test"]["text"].iloc[5]  # base: a corpus' natural duplicate
+    result = validate_dataset(frames, ValidateSettings(min_rows=10, max_overlap_share=0.05))
+    assert result.success, [o.message for o in result.failures]
+
+
+def test_cli_reads_the_optional_production_slice(tmp_path):
+    frames = merged()
+    for name, frame in frames.items():
+        frame.to_parquet(tmp_path / f"{name}.parquet")
+    frames["production"].loc[1, "label"] = 5
+    frames["production"].to_parquet(tmp_path / "production.parquet")
+    assert main(["--dataset", str(tmp_path), "--out", str(tmp_path / "out"), "--min-rows", "10"]) == 1
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    bad = [o for o in report["outcomes"] if not o["success"]]
+    assert [(o["name"], o["split"]) for o in bad] == [("label_in_set", "production")]
+    (tmp_path / "production.parquet").unlink()
+    assert main(["--dataset", str(tmp_path), "--out", str(tmp_path / "out2"), "--min-rows", "10"]) == 0
+
+
+def test_no_leak_reads_a_split_without_the_provenance_column_as_base_rows():
+    """A hand-made dataset whose validation split lacks the provenance column: judged (as base rows), no KeyError."""
+    import pandas as pd
+
+    from sentimentops.steps.validate.leaks import run_no_leak
+
+    frames = {"train": pd.DataFrame({"text": ["a kind film", "a fed-back review"], "label": [1, 0],
+                                     "provenance": ["base", "feedback"]}),
+              "validation": pd.DataFrame({"text": ["another film"], "label": [1]}),
+              "test": pd.DataFrame({"text": ["a fed-back review"], "label": [0], "provenance": ["base"]})}
+    outcomes = run_no_leak(frames)
+    assert outcomes and not all(o.success for o in outcomes)  # the fed-back test text in train is still caught
+    frames["train"] = frames["train"].iloc[:1]
+    assert all(o.success for o in run_no_leak(frames))

@@ -7,7 +7,7 @@ import pandas as pd
 import yaml
 
 from sentimentops.steps.core.config import load_settings
-from sentimentops.steps.core.manifests import read_manifest
+from sentimentops.steps.core.manifests import hash_dir, read_manifest
 from sentimentops.steps.version import VersionSettings, open_workspace, snapshot
 from sentimentops.steps.version import main as version_main
 
@@ -90,3 +90,26 @@ def test_a_workspace_inside_the_checkout_and_a_pull_from_the_root(tmp_path, monk
     Repo(str(root)).pull()  # the committed default remote: ../.sentimentops/dvc-remote from .dvc/
     restored = pd.read_parquet(root / "dataset" / "train.parquet")
     assert restored["text"].tolist() == ["good film", "bad film"]
+
+
+def test_the_production_slice_is_part_of_the_snapshot(home, tmp_path):
+    """issue 15: ingest's merged output (a provenance column, production.parquet beside the splits) is versioned
+    whole, and the slice comes back from the remote."""
+    dataset = write_dataset(tmp_path / "ds", ["good film", "bad film"])
+    for split in ("train", "validation", "test"):
+        frame = pd.read_parquet(dataset / f"{split}.parquet")
+        frame.assign(provenance="base").to_parquet(dataset / f"{split}.parquet", index=False)
+    pd.DataFrame({"text": ["a captured review"], "label": [1], "provenance": ["feedback"]}).to_parquet(
+        dataset / "production.parquet", index=False)
+    (dataset / "manifest.json").write_text("{}\n")  # volatile: never part of the snapshot
+    out = tmp_path / "out"
+    assert version_main(["--dataset", str(dataset), "--out", str(out)]) == 0
+    assert read_manifest(out).refs["dvc_files"] == "4"
+    settings = load_settings(VersionSettings)
+    shutil.rmtree(settings.workspace)
+    repo = open_workspace(settings.workspace, settings.remote)
+    shutil.copy2(out / "dataset.dvc", settings.workspace / "dataset.dvc")
+    repo.pull()
+    restored = pd.read_parquet(settings.workspace / "dataset" / "production.parquet")
+    assert restored["text"].tolist() == ["a captured review"] and restored["provenance"].tolist() == ["feedback"]
+    assert hash_dir(settings.workspace / "dataset") == hash_dir(dataset)  # what train recorded comes back

@@ -66,6 +66,10 @@ MLFLOW_ARTIFACTS_DESTINATION = WorkflowParam(
     "exported to register as SENTIMENTOPS_MLFLOW_ARTIFACTS_DESTINATION (empty: storage URI = the download URI)")
 DVC_REMOTE = WorkflowParam("dvc-remote", "", "DVC remote the dataset snapshot is pushed to, exported to version as "
                            "SENTIMENTOPS_VERSION_REMOTE (empty: the profile's)")
+PRODUCTION_STORE = WorkflowParam(
+    "production-store", "", "Production data store (captured requests and feedback labels: gs://BUCKET[/PREFIX]) "
+    "whose labelled feedback ingest merges into the training data, exported to ingest as "
+    "SENTIMENTOPS_PRODUCTION_STORE (the chart sets it from production.store; empty: the profile's, none on gke)")
 PROMETHEUS_URL = WorkflowParam("prometheus-url", DEFAULT_PROMETHEUS, "Prometheus HTTP API the canary analysis queries")
 INFERENCE_SERVICE = WorkflowParam("inference-service", "sentiment", "Name of the InferenceService in this namespace")
 ARGO_UI_URL = WorkflowParam("argo-ui-url", "", "Argo UI base URL for the link in the Slack message (empty: no link)")

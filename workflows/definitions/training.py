@@ -49,6 +49,7 @@ from sentimentops.workflows.definitions.common import (
     NOT_RETRIED,
     NOTIFY_TEMPLATE,
     OUTPUT_ROOT,
+    PRODUCTION_STORE,
     PROFILE_PARAM,
     PROMETHEUS_URL,
     REASON_PARAM,
@@ -97,6 +98,7 @@ def workflow_params(pkg_version: str) -> list[WorkflowParam]:
         MLFLOW_TRACKING_URI,
         MLFLOW_ARTIFACTS_DESTINATION,
         DVC_REMOTE,
+        PRODUCTION_STORE,
         PROMETHEUS_URL,
         INFERENCE_SERVICE,
         ARGO_UI_URL,
@@ -139,8 +141,11 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     # Retries follow the stages' exit statuses (steps/core/errors.py): 1 (data) and 2 (usage) are deterministic and
     # never retried; 3 (anything else: hub, GCS or MLflow hiccup, a CUDA fault) and pod errors are (NOT_RETRIED).
+    # The production store's feedback joins the base corpus (steps/ingest.py), so a drift-triggered or scheduled
+    # retrain, which passes only `reason`, learns from the traffic by default.
     Stage("ingest", "dataset", params=("source", "sample-size", "test-size", "val-fraction", "seed"),
-          retry=_retry(3, "Always", NOT_RETRIED)),
+          retry=_retry(3, "Always", NOT_RETRIED),
+          env=(("SENTIMENTOPS_PRODUCTION_STORE", PRODUCTION_STORE.name),)),
     # Exit 1 = the dataset failed its expectations: a data failure, so only pod errors (eviction,
     # preemption) are retried, never the verdict.
     Stage("validate", "validation", inputs=("dataset",), retry=_retry(2, "OnError")),
