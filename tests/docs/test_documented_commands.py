@@ -86,6 +86,12 @@ WATCH = ("sentimentops drift watch --records .sentimentops/predictions.jsonl --m
 PREDICT = 'sentimentops predict --url http://127.0.0.1:8080 "A wonderful film."'
 LINEAGE = "sentimentops lineage --model-version 1"
 DATA_PULL = "sentimentops data pull --model-version 1 --out .sentimentops/restored"
+SCORE = ("sentimentops score --input ../shared/data/imdb/sample_test.parquet "
+         "--output .sentimentops/scores/imdb-test.parquet")
+SCORE_SHARDED = ("sentimentops pipeline run --template charts/sentimentops/files/workflows/sentiment-batch-score.yaml "
+                 "--run-dir .sentimentops/runs/batch-score -p profile=local "
+                 "-p input=../shared/data/imdb/sample_test.parquet "
+                 "-p output=.sentimentops/scores/imdb-test-sharded.parquet -p shards=3")
 
 # Every local command the docs show -> the test that runs it as written. A doc command missing here fails
 # test_every_local_command_in_the_docs_is_tested_as_written; so does an entry the docs no longer show.
@@ -108,6 +114,8 @@ TESTED = {
     PREDICT: "test_monitoring_loop_retrains_on_drift",
     LINEAGE: "test_lineage_and_data_pull_follow_the_readme_version_back",
     DATA_PULL: "test_lineage_and_data_pull_follow_the_readme_version_back",
+    SCORE: "test_batch_scoring_runs_as_written",
+    SCORE_SHARDED: "test_batch_scoring_runs_as_written",
 }
 # Local commands deliberately not run here, and where they are covered instead.
 EXCLUDED = {
@@ -309,6 +317,29 @@ def test_lineage_and_data_pull_follow_the_readme_version_back(checkout, readme_p
     assert json.loads(done.stdout.strip().splitlines()[-1])["dvc_md5"] == version.tags["dataset.dvc_md5"]
     (train_out,) = (checkout.path / readme_pipeline["run_dir"] / "train" / "outputs").iterdir()
     assert hash_dir(checkout.state / "restored") == read_manifest(train_out).inputs["dataset"]
+
+
+@pytest.mark.timeout(PIPELINE_TIMEOUT_S + 1200)
+def test_batch_scoring_runs_as_written(checkout, readme_pipeline):
+    """docs/batch-scoring.md: the champion scores the IMDB sample in one process and in 3 shards through the
+    batch-score WorkflowTemplate run locally; both give the same 1,000 answers, in input order, from one version."""
+    import pandas as pd
+
+    assert readme_pipeline["done"].returncode == 0, tail(readme_pipeline["done"])
+    champion = checkout.alias("champion")
+    outputs = []
+    for key, name in ((SCORE, "imdb-test.parquet"), (SCORE_SHARDED, "imdb-test-sharded.parquet")):
+        done = checkout.sh(key, timeout=900)
+        assert done.returncode == 0, tail(done)
+        scored = pd.read_parquet(checkout.state / "scores" / name)
+        assert len(scored) == 1000 and set(scored["model_version"]) == {champion}, scored.head()
+        outputs.append(scored)
+    status = json.loads((checkout.state / "runs/batch-score/status.json").read_text())
+    assert status["phase"] == "Succeeded" and {f"score({i})" for i in range(3)} <= set(status["tasks"]), status
+    one, sharded = outputs
+    assert one["row"].tolist() == sharded["row"].tolist() == list(range(1000))
+    assert one["label"].tolist() == sharded["label"].tolist()
+    assert (one["probability"] - sharded["probability"]).abs().max() < 1e-6
 
 
 @pytest.mark.timeout(PIPELINE_TIMEOUT_S + 900)

@@ -3,8 +3,10 @@
 The runner reads the committed YAML, never the Hera objects, so what runs locally is what Argo would run.
 Supported: container and DAG templates, `templateRef` to a WorkflowTemplate rendered in the same folder (resolved
 by metadata.name, the way Argo resolves it in the namespace; the referenced template's own templates are its
-scope), nested DAGs, `when`, `depends`/`dependencies`, `onExit` (a container template).
-Fields that change control flow but are not implemented here (loops, continueOn, hooks, ...) raise SpecError
+scope), nested DAGs, `when`, `depends`/`dependencies`, `onExit` (a container template), and the fan-out loops
+`withParam` (a JSON list, usually another task's output parameter) and `withItems` (a literal list): one run of
+the task per item, with `{{item}}` and `{{item.KEY}}` substituted (items_of, item_values).
+Fields that change control flow but are not implemented here (withSequence, continueOn, hooks, ...) raise SpecError
 naming the task, instead of being silently ignored.
 
 Longer than 350 lines: the typed model, its parser (templateRef scopes included) and the DAG semantics (`depends`,
@@ -14,6 +16,7 @@ other.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ import yaml
 from sentimentops.workflows.argo.expressions import DEPENDS_IDENTIFIER, evaluate_node, parse
 
 _VARIABLE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-_UNSUPPORTED_TASK_FIELDS = ("withItems", "withParam", "withSequence", "continueOn", "hooks", "onExit", "inline")
+_UNSUPPORTED_TASK_FIELDS = ("withSequence", "continueOn", "hooks", "onExit", "inline")
 _WORKFLOW_KINDS = ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate")
 MAX_NESTING = 8  # DAGs calling DAGs: deeper than this is a templateRef cycle, not a design
 
@@ -60,6 +63,12 @@ class DagTask:
     parameters: Mapping[str, str]  # argument name -> value (may hold {{...}})
     artifacts: Mapping[str, str]  # argument name -> `from` reference
     template_ref: TemplateRef | None = None
+    with_param: str | None = None  # `withParam`: an expression that yields a JSON list
+    with_items: tuple | None = None  # `withItems`: the literal list
+
+    @property
+    def fans_out(self) -> bool:
+        return self.with_param is not None or self.with_items is not None
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,37 @@ def substitute(text: str, values: Mapping[str, str], where: str) -> str:
     return _VARIABLE.sub(repl, text)
 
 
+def items_of(task: DagTask, values: Mapping[str, str], where: str) -> list:
+    """A fan-out's items: withItems as written, or withParam substituted and read as a JSON list (Argo fails the
+    node when the value is not one)."""
+    if task.with_items is not None:
+        return list(task.with_items)
+    text = substitute(task.with_param or "", values, f"{where} withParam")
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{where}: withParam value is not a JSON list: {text[:200]!r} ({exc})") from exc
+    if not isinstance(items, list):
+        raise SpecError(f"{where}: withParam value is not a JSON list: {text[:200]!r}")
+    return items
+
+
+def item_text(value: object) -> str:
+    """How Argo writes an item into a string: a string as it is, anything else as compact JSON (a map with its
+    keys sorted, as Go's encoding/json writes a map)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def item_values(item: object) -> dict[str, str]:
+    """`{{item}}`, and `{{item.KEY}}` for each key of a map item."""
+    values = {"item": item_text(item)}
+    if isinstance(item, dict):
+        values |= {f"item.{k}": item_text(v) for k, v in item.items()}
+    return values
+
+
 def _env_value(t: dict, e: dict) -> str | None:
     if "value" in e or "valueFrom" not in e:
         return str(e.get("value", ""))
@@ -198,6 +238,10 @@ def _task(t: dict) -> DagTask:
     ref = t.get("templateRef")
     if ref is not None and (ref.get("clusterScope") or not ref.get("name") or not ref.get("template")):
         raise SpecError(f"task {t['name']}: templateRef needs name and template (clusterScope is not supported)")
+    if "withParam" in t and "withItems" in t:
+        raise SpecError(f"task {t['name']}: set either withParam or withItems, not both")
+    if "withItems" in t and not isinstance(t["withItems"], list):
+        raise SpecError(f"task {t['name']}: withItems must be a list")
     args = t.get("arguments") or {}
     artifacts = {}
     for a in args.get("artifacts") or ():
@@ -212,6 +256,8 @@ def _task(t: dict) -> DagTask:
         parameters={p["name"]: str(p.get("value", "")) for p in args.get("parameters") or ()},
         artifacts=artifacts,
         template_ref=TemplateRef(ref["name"], ref["template"]) if ref is not None else None,
+        with_param=str(t["withParam"]) if "withParam" in t else None,
+        with_items=tuple(t["withItems"]) if "withItems" in t else None,
     )
 
 

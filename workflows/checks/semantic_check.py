@@ -3,7 +3,8 @@
 Each one is a mistake that passes the schema and only fails in the cluster, often hours into a run:
 a task naming a missing template, a `{{tasks.X.outputs...}}` reference to a task that is not an ancestor
 (Argo cannot resolve it) or to an output X does not declare, a cycle, an input parameter nobody supplies,
-a leaf template without an explicit retryStrategy, a submission parameter without a description (the Argo UI
+a leaf template without an explicit retryStrategy, `{{item}}` outside a withParam/withItems loop, a withParam
+that is not one expression, a submission parameter without a description (the Argo UI
 form would show a bare name), a `when` outside the govaluate subset; and across documents (`reference_errors`), a
 templateRef or workflowTemplateRef naming a WorkflowTemplate or template nobody renders, an input a templateRef
 call leaves out, a parameter a CronWorkflow or Sensor passes that the template does not declare.
@@ -133,10 +134,14 @@ def _check_dag(dag_t: dict, templates: dict, where: str, global_params: set[str]
     dag_inputs = {f"inputs.parameters.{n}" for n in _names((dag_t.get("inputs") or {}).get("parameters"))}
     for name, task in tasks.items():
         tw = f"{where}.tasks.{name}"
-        for text in _strings({k: task.get(k) for k in ("arguments", "when")}):
+        loop = "withParam" in task or "withItems" in task
+        for text in _strings({k: task.get(k) for k in ("arguments", "when", "withParam")}):
             for var in _VAR.findall(text):
                 errors += _check_task_reference(var, name, tasks, templates, ancestors.get(name, set()), tw)
                 errors += _check_variable(var, dag_inputs, global_params, tw)
+                if not loop and var.split(".")[0] == "item":
+                    errors.append(f"{tw}: {{{{{var}}}}} outside a loop (the task has no withParam or withItems)")
+        errors += _check_loop(task, tw)
         if task.get("when"):
             try:  # variables become a placeholder word, as Argo substitutes them before evaluating
                 parse(_VAR.sub("placeholder", task["when"]))
@@ -146,6 +151,19 @@ def _check_dag(dag_t: dict, templates: dict, where: str, global_params: set[str]
         if target is not None:
             errors += _check_arguments(task, target, tw)
     return errors
+
+
+def _check_loop(task: dict, where: str) -> list[str]:
+    """withParam must be one `{{...}}` expression (Argo reads its value as a JSON list), withItems a list; a task
+    with both is rejected by Argo."""
+    if "withParam" in task and "withItems" in task:
+        return [f"{where}: set withParam or withItems, not both"]
+    if "withItems" in task and not isinstance(task["withItems"], list):
+        return [f"{where}.withItems: must be a list"]
+    if "withParam" in task and not re.fullmatch(r"\s*\{\{[^{}]+\}\}\s*", str(task["withParam"])):
+        got = task["withParam"]
+        return [f"{where}.withParam: must be one {{{{...}}}} expression that yields a JSON list, got {got!r}"]
+    return []
 
 
 def _ancestors(deps: dict[str, list[str]], errors: list[str], where: str) -> dict[str, set[str]]:

@@ -29,6 +29,9 @@ everything, and a failed or `--stop-after` run resumes where it stopped. Each de
 changed, e.g. `register  Succeeded  in 3.1s; re-run: settings changed: register.baseline_accuracy`.
 A DAG task's own fingerprint combines its tasks' identities, so a task after it re-runs when one of them ran.
 The exit handler is never reused: it reports this run, so it runs every time.
+A fan-out task (`withParam`, `withItems`) runs its template once per item, as `TASK(0)`, `TASK(1)`, ... (folders
+and records of those names; Argo names the nodes `TASK(0:<item>)`), one item after the other; each item is reused
+or run on its own fingerprint, so a re-run after one failed item runs that item alone.
 retryStrategy is not applied locally: a local failure is reported at once, and re-running resumes.
 
 Longer than 350 lines: `_Run` is one state machine (order, `when`/`depends`, nested DAGs, artifact mapping, reuse,
@@ -46,7 +49,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -63,6 +66,8 @@ from sentimentops.workflows.argo.spec import (
     WorkflowSpec,
     depends_on,
     depends_satisfied,
+    item_values,
+    items_of,
     load_spec,
     substitute,
     topological_order,
@@ -349,8 +354,13 @@ class _Run:
             rec.phase, rec.message = "Failed", f"{exc}; log: {rec.log}"
 
     def step(self, task: DagTask, rec: TaskRecord, dag: _Dag) -> None:
-        """Decide Skipped / Reused / run for a task whose dependencies are satisfied."""
-        dag_values = self.values(dag)
+        """Decide Skipped / Reused / run for a task whose dependencies are satisfied (each item of a fan-out)."""
+        if task.fans_out:
+            self.run_fanout(task, rec, dag)
+        else:
+            self.run_task(task, rec, dag, self.values(dag))
+
+    def run_task(self, task: DagTask, rec: TaskRecord, dag: _Dag, dag_values: dict[str, str]) -> None:
         when = substitute(task.when, dag_values, f"task {rec.name} when") if task.when else None
         if when is not None and not evaluate_when(when):
             rec.phase, rec.message = "Skipped", f"when false: {when}"
@@ -373,6 +383,50 @@ class _Run:
             rec.message = "fingerprint unchanged"
         else:
             self.execute(rec, inv)
+
+    def run_fanout(self, task: DagTask, rec: TaskRecord, dag: _Dag) -> None:
+        """withParam / withItems: one run of the task per item, as `<task path>(i)`, with `{{item}}` and
+        `{{item.KEY}}` set; then the task is done. In Argo every item starts at once (up to `parallelism`), so every
+        item runs here too, one after the other, even after one failed: the task then fails with the first failed
+        item's phase, and the tasks after it see that (Argo's TaskGroup node). No items: Skipped, as in Argo."""
+        dag_values = self.values(dag)
+        items = items_of(task, dag_values, f"task {rec.name}")
+        rec.phase, rec.started = "Running", _now()
+        rec.template = task.template or (task.template_ref.template if task.template_ref else "")
+        self.dag_paths.add(rec.name)  # a failure is named by its item, not by the group
+        if not items:
+            rec.phase, rec.finished, rec.message = "Skipped", _now(), "Skipped, empty params"
+            return
+        rec.decision = f"fan-out over {len(items)} item(s)"
+        self.say(rec, rec.decision)
+        children: list[TaskRecord] = []
+        for i, item in enumerate(items):
+            path = f"{rec.name}({i})"
+            child = self.records[path] = TaskRecord(path)
+            one = replace(task, name=f"{task.name}({i})", with_param=None, with_items=None)
+            try:
+                self.run_task(one, child, dag, dag_values | item_values(item))
+            except (SpecError, ExpressionError, OSError) as exc:
+                child.phase, child.finished, child.message = "Error", _now(), str(exc)
+            if child.phase in FAILED and child.name not in self.dag_paths:
+                self.first_failure = self.first_failure or child.name
+            self.say(child, child.message)
+            self.save("Running")
+            children.append(child)
+        rec.fingerprint_parts = {f"item.{i}": fp.short_hash(["Succeeded" if c.phase == "Reused" else c.phase,
+                                                             c.fingerprint, c.finished])
+                                 for i, c in enumerate(children)}
+        rec.fingerprint = fp.combine(rec.fingerprint_parts)
+        rec.finished = max((c.finished for c in children if c.finished), default=None)
+        phases = [c.phase for c in children]
+        failed = next((c for c in children if c.phase in FAILED), None)
+        if failed is not None:
+            rec.phase, rec.message = failed.phase, f"child '{failed.name}' failed"
+        elif all(p in ("Skipped", "Omitted") for p in phases):
+            rec.phase, rec.message = "Skipped", "every item skipped"
+        else:
+            rec.phase = "Succeeded"
+            rec.message = ", ".join(f"{phases.count(p)} {p}" for p in dict.fromkeys(phases))
 
     def run_nested(self, task: DagTask, rec: TaskRecord, template: DagTemplate, scope: Scope,
                    dag_values: dict[str, str]) -> None:

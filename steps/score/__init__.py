@@ -1,0 +1,1 @@
+"""Batch scoring: `sentimentops score` (docs/batch-scoring.md)."""
