@@ -5,16 +5,26 @@ each predictor and the ServiceMonitor/PodMonitor relabels it to `model_version`;
 as a target label. Errors are 5xx answers counted in `sentiment_requests_total{status}` (docs/metrics.md): a
 client's 4xx mistake is not the model's fault. The window is the analysis interval, or the canary's whole life
 for the final verdict.
+
+Quality: `sentiment_feedback_total{correct}` counts the labels each predictor received through POST /v1/feedback
+(selected by `model_version` like the rest); `sentiment_mirror_total{stable, canary, agree}` is the local router's
+count of mirrored requests (steps/rollout/router.py), labelled with the two versions it compared. KServe mirrors
+nothing, so in the cluster the mirror series does not exist and agreement is no data.
 """
 from __future__ import annotations
 
 import json
 import math
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
 from sentimentops.steps.rollout.policy import Observation, Side
+
+# The router's counter of mirrored comparisons (exported as <name>_total), labels stable, canary (the two model
+# versions) and agree ("true" | "false"): one definition for the router that counts and the analysis that reads.
+MIRROR_METRIC = "sentiment_mirror"
 
 
 class PrometheusError(RuntimeError):
@@ -37,12 +47,26 @@ def queries(version: str, window_s: float, *, label: str = "model_version",
     sel = _matchers(label, version, extra)
     # what counts against the service, as in the recording rules: server errors and load shed (429)
     errors = _matchers(label, version, extra, 'status=~"5..|429"')
+    correct = _matchers(label, version, extra, 'correct="true"')
     return {
         "requests": f"sum(increase(sentiment_requests_total{sel}[{w}]))",
         "errors": f"sum(increase(sentiment_requests_total{errors}[{w}]))",
         "p99_s": f"histogram_quantile(0.99, sum by (le) (rate(sentiment_request_duration_seconds_bucket{sel}[{w}])))",
         "psi": f"max(max_over_time(sentiment_drift_psi{sel}[{w}]))",
+        "feedback_total": f"sum(increase(sentiment_feedback_total{sel}[{w}]))",
+        "feedback_correct": f"sum(increase(sentiment_feedback_total{correct}[{w}]))",
     }
+
+
+def mirror_queries(stable: str, canary: str, window_s: float, *,
+                   extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The router's mirrored comparisons of these two versions over a window: all of them, and those that agreed."""
+    w = _duration(window_s)
+    base = {**(extra or {}), "stable": stable, "canary": canary}
+    sel = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(base.items())) + "}"
+    agreed = sel[:-1] + ',agree="true"}'
+    return {"mirrored_total": f"sum(increase({MIRROR_METRIC}_total{sel}[{w}]))",
+            "mirrored_agree": f"sum(increase({MIRROR_METRIC}_total{agreed}[{w}]))"}
 
 
 @dataclass
@@ -80,15 +104,29 @@ class Probe:
     label: str = "model_version"
     extra: dict[str, str] = field(default_factory=dict)  # e.g. {"namespace": "sentimentops"}
 
-    def side(self, version: str, window_s: float, *, psi: bool = False) -> tuple[Side, float | None]:
-        """One deployment's traffic, errors and p99; its drift PSI too when asked (only the canary's is judged)."""
+    def side(self, version: str, window_s: float, *, psi: bool = False, at: float | None = None
+             ) -> tuple[Side, float | None]:
+        """One deployment's traffic, errors, p99 and feedback labels; its drift PSI too when asked (only the
+        canary's is judged)."""
         q = queries(version, window_s, label=self.label, extra=self.extra)
-        values = {name: self.prometheus.query(expr) for name, expr in q.items() if psi or name != "psi"}
-        side = Side(requests=values["requests"] or 0.0, errors=values["errors"] or 0.0, p99_s=values["p99_s"])
+        values = {name: self.prometheus.query(expr, at) for name, expr in q.items() if psi or name != "psi"}
+        side = Side(requests=values["requests"] or 0.0, errors=values["errors"] or 0.0, p99_s=values["p99_s"],
+                    feedback_correct=values["feedback_correct"] or 0.0,
+                    feedback_total=values["feedback_total"] or 0.0)
         return side, values.get("psi")
 
+    def mirrored(self, stable: str, canary: str, window_s: float, at: float | None = None) -> tuple[float, float]:
+        """(agreed, compared) mirrored requests of these two versions; (0, 0) where nothing mirrors (KServe)."""
+        q = mirror_queries(stable, canary, window_s, extra=self.extra)
+        return (self.prometheus.query(q["mirrored_agree"], at) or 0.0,
+                self.prometheus.query(q["mirrored_total"], at) or 0.0)
+
     def observe(self, stable: str, canary: str, *, window_s: float, elapsed_s: float) -> Observation:
-        stable_side, _ = self.side(stable, window_s)
-        canary_side, psi = self.side(canary, window_s, psi=True)
+        # Every query at one instant: increase() extrapolates over the samples in its window, and a scrape landing
+        # between two queries would give a ratio's numerator and denominator different windows.
+        at = time.time()
+        stable_side, _ = self.side(stable, window_s, at=at)
+        canary_side, psi = self.side(canary, window_s, psi=True, at=at)
+        agree, total = self.mirrored(stable, canary, window_s, at)
         return Observation(stable=stable_side, canary=canary_side, elapsed_s=elapsed_s, window_s=window_s,
-                           canary_psi=psi)
+                           canary_psi=psi, mirrored_agree=agree, mirrored_total=total)

@@ -51,6 +51,9 @@ class RolloutSettings(CommonSettings):
     target: Literal["", "kserve", "local"] = Field(
         "", description="kserve | local; empty: kserve under the gke profile, else local.")
     canary_percent: int = Field(10, ge=0, le=100, description="Share of traffic for the canary (runbook: 10).")
+    mirror_percent: int = Field(0, ge=0, le=100, description="Local target: share of predict requests the router "
+                                "also sends to the other deployment, to compare their labels (the agreement "
+                                "check; 0: off). KServe mirrors nothing: agreement is not judged there.")
     soak: str = Field("30m", description="How long the canary must prove itself (runbook: 30 minutes).")
     interval: str = Field("1m", description="Analysis interval, also the PromQL window of each analysis.")
     ready_timeout: str = Field("10m", description="How long the canary may take to become ready.")
@@ -68,7 +71,8 @@ class RolloutSettings(CommonSettings):
                              "to replay (parquet/JSONL with `text`; missing: the demo reviews).")
     seed: int = Field(0, description="Router split and load order.")
     policy: RolloutPolicy = Field(default_factory=RolloutPolicy, description="The canary comparison's thresholds "
-                                  "as JSON (steps/rollout/policy.py RolloutPolicy; defaults: the runbook).")
+                                  "as JSON (steps/rollout/policy.py RolloutPolicy; defaults: the runbook), e.g. "
+                                  "'{\"min_feedback_labels\": 100, \"require_quality\": true}'.")
 
 
 def build_target(settings: RolloutSettings, canary_env: dict[str, str]):
@@ -78,6 +82,9 @@ def build_target(settings: RolloutSettings, canary_env: dict[str, str]):
         from sentimentops.steps.rollout.controller import RolloutError
         from sentimentops.steps.rollout.kserve import KServeTarget, in_cluster_namespace
 
+        if settings.mirror_percent:
+            log.warning("rollout: --mirror-percent %d ignored: KServe mirrors no requests, so the agreement check "
+                        "is not judged in the cluster (feedback accuracy is)", settings.mirror_percent)
         try:
             return KServeTarget(settings.inference_service, settings.namespace or in_cluster_namespace(),
                                 mode=settings.mode)
@@ -88,7 +95,8 @@ def build_target(settings: RolloutSettings, canary_env: dict[str, str]):
     from sentimentops.steps.rollout.local import LocalTarget
 
     return LocalTarget(Path(settings.local_dir), settings.registered_model, canary_env=canary_env,
-                       load_rps=settings.load_rps, load_source=Path(settings.load_source), seed=settings.seed)
+                       load_rps=settings.load_rps, load_source=Path(settings.load_source), seed=settings.seed,
+                       mirror_percent=settings.mirror_percent)
 
 
 def build_controller(settings: RolloutSettings, canary_env: dict[str, str]):

@@ -157,7 +157,9 @@ class Controller:
                 checks = ", ".join(f"{c.name} {c.status}" for c in judgement.checks)
                 self.say(f"{'soak' if final else 'analysis'} at {elapsed:.0f} s over {window:.0f} s: canary "
                          f"{obs.canary.requests:.0f} req {obs.canary.errors:.0f} 5xx, stable "
-                         f"{obs.stable.requests:.0f} req {obs.stable.errors:.0f} 5xx; {checks} -> {verdict.action}")
+                         f"{obs.stable.requests:.0f} req {obs.stable.errors:.0f} 5xx; feedback labels canary "
+                         f"{obs.canary.feedback_total:.0f} stable {obs.stable.feedback_total:.0f}, "
+                         f"{obs.mirrored_total:.0f} mirrored; {checks} -> {verdict.action}")
                 if verdict.action != "continue":
                     return verdict
 

@@ -2,9 +2,12 @@
 
   stable predictor  `sentimentops serve --model-uri models:/sentiment/N --port P1`
   canary predictor  the same for the candidate, on P2 (fault injection through its environment, tests only)
-  router            sentimentops.steps.rollout.router: canary_percent of requests to the canary (KServe's traffic split)
+  router            sentimentops.steps.rollout.router: canary_percent of requests to the canary (KServe's traffic split),
+                    mirror_percent of predict requests copied to the other deployment (agreement), feedback
+                    by request id to the deployment that answered it
   Prometheus        from Debian, a temp config scraping both predictors every second with the target labels
-                    model_version and role (what the ServiceMonitor's relabelling gives in the cluster)
+                    model_version and role (what the ServiceMonitor's relabelling gives in the cluster), and the
+                    router's own /_router/metrics (role router: the mirrored comparisons)
 
 Everything is recorded in one JSON state file (replaced atomically): processes, routes (the router re-reads them),
 and `rollout` (the same sentimentops.io/rollout-* keys the InferenceService carries), so a crashed controller
@@ -27,7 +30,7 @@ from pathlib import Path
 from sentimentops.steps.core.client import free_port, sentimentops
 from sentimentops.steps.core.logs import emit
 from sentimentops.steps.core.processes import alive, spawn, stop
-from sentimentops.steps.rollout.analysis import Prometheus, PrometheusError
+from sentimentops.steps.rollout.analysis import MIRROR_METRIC, Prometheus, PrometheusError
 from sentimentops.steps.rollout.load import LoadGenerator, load_reviews
 from sentimentops.steps.rollout.state import RolloutState, now_iso
 
@@ -59,6 +62,7 @@ class LocalTarget:
     load_rps: float = 20.0
     load_source: Path | None = None
     seed: int = 0
+    mirror_percent: int = 0  # share of predict requests the router also sends to the other deployment
     kind: str = "local"
 
     @property
@@ -83,6 +87,9 @@ class LocalTarget:
         groups = [{"targets": [f"127.0.0.1:{data[role]['port']}"],
                    "labels": {"model_version": data[role]["version"], "role": role}}
                   for role in ("stable", "canary") if data.get(role)]
+        if data.get("router"):  # its own path: the router proxies /metrics like any other request
+            groups.append({"targets": [f"127.0.0.1:{data['router']['port']}"],
+                           "labels": {"role": "router", "__metrics_path__": "/_router/metrics"}})
         tmp = self.folder / "targets.json.tmp"
         tmp.write_text(json.dumps(groups, indent=2) + "\n")
         os.replace(tmp, self.folder / "targets.json")
@@ -116,7 +123,7 @@ class LocalTarget:
         if not (data.get("prometheus") and alive(data["prometheus"]["pid"])):
             data["prometheus"] = self._prometheus()
         data.setdefault("canary", None)
-        data["routes"] = {"stable": data["stable"]["url"], "canary": None, "canary_percent": 0}
+        data["routes"] = self._routes(data)
         self.write(data)
         deadline = time.monotonic() + timeout_s
         checks = {"stable": f"{data['stable']['url']}/v2/health/ready",
@@ -128,6 +135,14 @@ class LocalTarget:
                     raise TimeoutError(f"local {name} not ready after {timeout_s:.0f} s; see {self.folder}/*.log")
                 time.sleep(0.5)
         return data
+
+    def _routes(self, data: dict, percent: int | None = None) -> dict:
+        """What the router reads: the two URLs, their versions (the mirror counter's labels) and both shares;
+        `percent` None: no canary. A canary at 0% with mirroring on sees only the copies (a shadow)."""
+        canary = data.get("canary") if percent is not None else None
+        return {"stable": data["stable"]["url"], "stable_version": data["stable"]["version"],
+                "canary": canary["url"] if canary else None, "canary_version": canary["version"] if canary else None,
+                "canary_percent": percent if canary else 0, "mirror_percent": self.mirror_percent if canary else 0}
 
     def _prometheus(self) -> dict:
         binary = shutil.which("prometheus")
@@ -183,7 +198,7 @@ class LocalTarget:
         self.write(data)
         data["pending"] = [p for p in data["pending"] if p["pid"] != canary["pid"]]
         data["canary"] = canary
-        data["routes"] = {"stable": data["stable"]["url"], "canary": canary["url"], "canary_percent": state.percent}
+        data["routes"] = self._routes(data, state.percent)
         data["rollout"] = state.to_annotations()
         self.write(data)  # the canary, its traffic share and the record of both: one atomic replace
         return state
@@ -202,7 +217,18 @@ class LocalTarget:
         for role in ("stable", "canary"):
             if not self.scraped(role, data[role]["version"]):
                 return False, f"Prometheus has not scraped the {role} predictor yet"
+        if (data.get("routes") or {}).get("mirror_percent") and not self.scraped_mirror(
+                data["stable"]["version"], canary["version"]):
+            return False, "Prometheus has not scraped the router's mirror counter for these versions yet"
         return True, "ready"
+
+    def scraped_mirror(self, stable: str, canary: str) -> bool:
+        """The router's zeroed mirror series for this pair of versions is stored (the same reason as above)."""
+        series = f'{MIRROR_METRIC}_total{{job="sentiment-local",stable="{stable}",canary="{canary}",agree="true"}}'
+        try:
+            return Prometheus(self.prometheus_url()).query(f"count({series})") is not None
+        except PrometheusError:
+            return False
 
     def scraped(self, role: str, version: str) -> bool:
         """Prometheus has scraped this predictor at least once (its zero-initialised request counter is stored)."""
@@ -220,7 +246,7 @@ class LocalTarget:
             data["stable"], data["canary"] = canary, None
             if old:
                 data.setdefault("retired", []).append(old["pid"])
-        data["routes"] = {"stable": data["stable"]["url"], "canary": None, "canary_percent": 0}
+        data["routes"] = self._routes(data)
         data["rollout"] = state.to_annotations()
         self.write(data)
         self._reap(data)
@@ -230,7 +256,7 @@ class LocalTarget:
         if data.get("canary"):
             data.setdefault("retired", []).append(data["canary"]["pid"])
             data["canary"] = None
-        data["routes"] = {"stable": data["stable"]["url"], "canary": None, "canary_percent": 0}
+        data["routes"] = self._routes(data)
         data["rollout"] = state.to_annotations()
         self.write(data)
         self._reap(data)

@@ -58,9 +58,7 @@ class Registry:
         """`rollout.*` tags on the model version and on its training run; the evidence JSON as a run artifact."""
         mv = self.client.get_model_version(self.name, version)
         if evidence is not None:
-            text = json.dumps(evidence, separators=(",", ":"), sort_keys=True)
-            tags = {**tags, "rollout.evidence": text if len(text) <= TAG_MAX else
-                    json.dumps(evidence.get("final") or {}, separators=(",", ":"))[:TAG_MAX]}
+            tags = {**tags, "rollout.evidence": compact_evidence(evidence)}
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, str(value)[:TAG_MAX])
         if mv.run_id:
@@ -68,3 +66,16 @@ class Registry:
                 self.client.set_tag(mv.run_id, key, str(value)[:TAG_MAX])
             if evidence is not None and artifact:
                 self.client.log_dict(mv.run_id, evidence, artifact)
+
+
+def compact_evidence(evidence: dict) -> str:
+    """The evidence as one tag value, always with its `final` judgement: whole when it fits; else without the
+    interval analyses (a long soak has dozens; the run artifact keeps them all), then without the policy too."""
+    for drop in ((), ("analyses",), ("analyses", "policy")):
+        kept = {k: v for k, v in evidence.items() if k not in drop}
+        if drop:
+            kept["omitted"] = f"{', '.join(drop)}: see the run artifact rollout/"
+        text = json.dumps(kept, separators=(",", ":"), sort_keys=True)
+        if len(text) <= TAG_MAX:
+            return text
+    return json.dumps({"final": evidence.get("final")}, separators=(",", ":"))[:TAG_MAX]

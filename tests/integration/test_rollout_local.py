@@ -4,7 +4,8 @@ behind the weighted router, real MLflow (sqlite) and the same analysis and polic
 - a healthy canary is promoted (champion moves);
 - a canary answering +150 ms slower is rolled back (champion stays);
 - a canary answering 5% of requests with 500 is rolled back;
-- the controller killed (SIGKILL) mid-soak, between the patch and the decision, then re-run: one consistent end.
+- the controller killed (SIGKILL) mid-soak, between the patch and the decision, then re-run: one consistent end;
+- with mirroring on, the router's comparisons reach Prometheus and the decision's evidence (the agreement check).
 
 The soak is 60 s at a 10 s interval (the runbook's 30 minutes is a flag); the load is 30 requests/s of IMDB test
 reviews to 127.0.0.1 only, bounded by the soak. Assertions are on decisions and recorded evidence, never on timing.
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("sentimentops"))
 REPO = Path(__file__).resolve().parents[2]
 SOAK = ["--soak", "60s", "--interval", "10s", "--load-rps", "30", "--seed", "7", "--ready-timeout", "180s"]
-VERSIONS = {"stable": "1", "healthy": "2", "slow": "3", "errors": "4", "crash": "5"}
+VERSIONS = {"stable": "1", "healthy": "2", "slow": "3", "errors": "4", "crash": "5", "mirrored": "6"}
 
 if shutil.which("prometheus") is None:
     pytest.skip("prometheus (Debian package) is not installed: apt-get install -y prometheus",
@@ -221,3 +222,26 @@ def test_crash_between_patch_and_decision_then_rerun_is_consistent(env, local, t
     again = rollout(env, local, version, tmp_path / "again")
     assert "already promoted" in again.stderr  # a controller log line (stderr); stdout holds only results
     assert local_state(local)["stable"] == state["stable"]
+
+
+def test_mirrored_requests_are_compared_and_recorded(env, local, tmp_path):
+    """Every request also goes to the other deployment; the router's counts, scraped on its own metrics path, are
+    judged as agreement. The tiny models' answers are the seeds' business, so the bar is lowered to 0: what is
+    proven here is the path from the router to the recorded evidence, and that one judged quality check satisfies
+    require_quality (feedback labels: none in this soak)."""
+    version = VERSIONS["mirrored"]
+    # Latency is the other tests' business: every request now costs both predictors, on shared cores.
+    policy = '{"min_mirrored": 20, "min_agreement": 0.0, "require_quality": true, "max_p99_increase_s": 10}'
+    done = rollout(env, local, version, tmp_path / "out", "--mirror-percent", "100", "--policy", policy,
+                   "--load-rps", "15")
+    assert (tmp_path / "out" / "decision").read_text() == "promote", done.stdout[-2000:]
+    record = evidence(env, version)
+    final = record["final"]
+    checks = {c["name"]: c for c in final["checks"]}
+    assert checks["agreement"]["status"] == "pass", checks["agreement"]
+    assert checks["feedback_accuracy"]["status"] == "no_data"
+    # about one comparison per request the load sent, whichever side served it; each predictor's own count holds
+    # the requests it served plus the copies it answered (increase() extrapolates each series a little)
+    assert final["mirrored"]["total"] >= 20 and 0 <= final["mirrored"]["agreement"] <= 1
+    assert final["mirrored"]["total"] <= final["canary"]["requests"] + final["stable"]["requests"]
+    assert "mirrored requests" in record["tags"]["rollout.reason"]
