@@ -150,3 +150,33 @@ def tiny_model_dir(tmp_path_factory, imdb_dir) -> Path:
 
     texts = pd.read_parquet(imdb_dir / "sample_train.parquet")["text"].head(400).tolist()
     return build_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"), texts)
+
+
+@pytest.fixture()
+def gcs(tmp_path, monkeypatch) -> str:
+    """A real GCS API on 127.0.0.1 (the gcp-storage-emulator package, in memory) with one bucket, reached through
+    google-cloud-storage as in the cluster (STORAGE_EMULATOR_HOST, anonymous): its gs:// URL. Stopped afterwards."""
+    import subprocess
+    import urllib.request
+
+    from sentimentops.steps.core.client import free_port
+    from sentimentops.steps.core.processes import spawn, stop, wait_for
+
+    port, bucket = free_port(), "test-bucket"
+    with (tmp_path / "emulator.log").open("w") as out:
+        proc = spawn([str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--host", "127.0.0.1",
+                      "--port", str(port), "--in-memory", "--default-bucket", bucket],
+                     stdout=out, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b/{bucket}", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 60, "gcp-storage-emulator", [proc])
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        yield f"gs://{bucket}"
+    finally:
+        stop(proc, grace_s=5)

@@ -169,6 +169,18 @@ def read_model_folder(path: Path) -> ModelFolder:
                        str(spec.get("run_id") or ""))
 
 
+def choose_backend(folder: ModelFolder, backend: str, gpu: bool) -> str:
+    """The backend a model folder is served and batch-scored with: an explicit choice wins; `auto` is torch on a GPU,
+    else the ONNX export when there is one (int8 if its registration check accepted int8, fp32 otherwise), else
+    torch. One rule for the predictor (steps/serve/model.py) and `sentimentops score`, so both give the same answers."""
+    if backend != "auto":
+        return backend
+    if not gpu and folder.onnx_model is not None:
+        report = folder.export_report
+        return report.backend if report is not None else "onnx-fp32"
+    return "torch"
+
+
 def find_model_root(path: Path) -> Path:
     """The registered folder (the one holding MLmodel) at or above `path`; `path` itself when there is none."""
     path = Path(path)

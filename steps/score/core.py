@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from sentimentops.steps.core.backends import OnnxBackend, TextEncoder, TorchBackend
-from sentimentops.steps.core.contract import LABELS, MAX_TOKENS, labels_of, read_model_folder
+from sentimentops.steps.core.contract import LABELS, MAX_TOKENS, choose_backend, labels_of, read_model_folder
 from sentimentops.steps.core.errors import DataError, UsageError
 from sentimentops.steps.core.logs import Progress, get_logger
 from sentimentops.steps.core.psi import RECORD_DECIMALS
@@ -174,25 +174,13 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def pick_backend(folder: Path, backend: str, gpu: bool) -> str:
-    """The CPU predictor's choice (steps/serve/model.py): on a GPU torch; else the ONNX export when there is one,
-    int8 if its registration check accepted int8, fp32 otherwise; torch when there is no export."""
-    if backend != "auto":
-        return backend
-    found = read_model_folder(folder)
-    if not gpu and found.onnx_model is not None:
-        report = found.export_report
-        return report.backend if report is not None else "onnx-fp32"
-    return "torch"
-
-
 class Scorer:
     """P(positive) for texts through the chosen backend, with a progress bar (log lines in a pod)."""
 
     def __init__(self, folder: Path, backend: str = "auto", threads: int = 0, batch_size: int = 0):
         self.folder = read_model_folder(folder)
         self.gpu = cuda_available()
-        self.backend_name = pick_backend(folder, backend, self.gpu)
+        self.backend_name = choose_backend(read_model_folder(folder), backend, self.gpu)
         self.encoder = TextEncoder(self.folder.model_dir, MAX_TOKENS)
         self.threads = threads or len(os.sched_getaffinity(0))
         if self.backend_name.startswith("onnx"):

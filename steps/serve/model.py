@@ -19,7 +19,12 @@ import kserve
 import numpy as np
 
 from sentimentops.steps.core.backends import Encoded, OnnxBackend, TextEncoder, TorchBackend
-from sentimentops.steps.core.contract import MAX_TOKENS, ModelFolder, label_of, read_model_folder
+from sentimentops.steps.core.contract import (
+    MAX_TOKENS,
+    choose_backend,
+    label_of,
+    read_model_folder,
+)
 from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.psi import RECORD_DECIMALS
 from sentimentops.steps.serve.batching import Batcher, BatchSettings
@@ -42,15 +47,6 @@ class Limits:
     max_instances: int = 64              # 413 above: two full batches; larger jobs belong to batch scoring
     max_tokens: int = MAX_TOKENS         # DistilBERT's positions (core.contract)
     truncation: str = "truncate"         # truncate | reject (400 for an instance above max_tokens)
-
-
-def choose_backend(folder: ModelFolder, backend: str, gpu: bool) -> str:
-    if backend != "auto":
-        return backend
-    if not gpu and folder.onnx_model is not None:
-        report = folder.export_report
-        return report.backend if report is not None else "onnx-fp32"
-    return "torch"
 
 
 def gpu_present() -> bool:

@@ -3,16 +3,12 @@ local folder and on GCS (the real `gcp-storage-emulator` process, through google
 STORAGE_EMULATOR_HOST, as in the cluster but anonymous)."""
 from __future__ import annotations
 
-import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from sentimentops.steps.core.client import free_port
-from sentimentops.steps.core.processes import spawn, stop, wait_for
 from sentimentops.steps.core.production import (
     CAPTURE_COLUMNS,
     CAPTURES,
@@ -92,27 +88,6 @@ def test_an_unwritable_local_store_raises_and_leaves_nothing(tmp_path):
     assert store.parts(FEEDBACK) == []
 
 
-@pytest.fixture()
-def gcs(tmp_path, monkeypatch):
-    port = free_port()
-    log = tmp_path / "emulator.log"
-    with log.open("w") as out:
-        proc = spawn([EMULATOR, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                      "--default-bucket", "prod-bucket"], stdout=out, stderr=subprocess.STDOUT)
-    proc.log = log  # type: ignore[attr-defined]
-
-    def up() -> bool:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b/prod-bucket", timeout=2).status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(up, 60, "gcp-storage-emulator", [proc])
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        yield "gs://prod-bucket"
-    finally:
-        stop(proc, grace_s=5)
 
 
 def test_gcs_store_on_the_emulator(gcs):

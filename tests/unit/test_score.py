@@ -162,33 +162,6 @@ def test_a_bad_input_exits_1_and_writes_nothing(tmp_path, inputs, onnx_model, ho
 
 
 # ---- gs:// on the real emulator (google-cloud-storage with STORAGE_EMULATOR_HOST, as in the cluster) ----------------
-@pytest.fixture()
-def gcs(tmp_path, monkeypatch):
-    import subprocess
-    import sys
-    import urllib.request
-
-    from sentimentops.steps.core.client import free_port
-    from sentimentops.steps.core.processes import spawn, stop, wait_for
-
-    port = free_port()
-    with (tmp_path / "emulator.log").open("w") as out:
-        proc = spawn([str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--host", "127.0.0.1",
-                      "--port", str(port), "--in-memory", "--default-bucket", "batch"],
-                     stdout=out, stderr=subprocess.STDOUT)
-
-    def up() -> bool:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b/batch", timeout=2).status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(up, 60, "gcp-storage-emulator", [proc])
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        yield "gs://batch"
-    finally:
-        stop(proc, grace_s=5)
 
 
 def test_gcs_inputs_parts_and_output(gcs, inputs, tmp_path):

@@ -14,13 +14,12 @@ import pytest
 from kserve.errors import InvalidInput as KServeInvalidInput
 
 from sentimentops.steps.core.backends import Encoded
-from sentimentops.steps.core.contract import ModelFolder, read_model_folder
+from sentimentops.steps.core.contract import ModelFolder, choose_backend, read_model_folder
 from sentimentops.steps.evaluate.onnx_export import ExportReport
 from sentimentops.steps.serve import errors
 from sentimentops.steps.serve.app import parse_v2
 from sentimentops.steps.serve.batching import Batcher, BatchSettings, group_by_length
 from sentimentops.steps.serve.metrics import PROTOCOLS, Metrics
-from sentimentops.steps.serve.model import choose_backend
 from sentimentops.steps.serve.records import PredictionLog, record
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
