@@ -58,6 +58,8 @@ VARIANTS = [
     Variant("imdb_plus_feedback_x3_unfrozen", feedback_rows=1000, feedback_repeat=3, freeze_embeddings=False,
             freeze_layers=0),
     Variant("imdb_plus_feedback_x3_2ep", feedback_rows=1000, feedback_repeat=3, epochs=2),
+    Variant("imdb_plus_feedback_x3_unfrozen_2ep", feedback_rows=1000, feedback_repeat=3, epochs=2,
+            freeze_embeddings=False, freeze_layers=0),
     # What the pipeline will train on: 1,000 labelled snippets through ingest's merge (production_fraction 0.2:
     # the newest 200 become the production slice, the rest join train before validation is carved).
     Variant("via_ingest", feedback_rows=1000, via_ingest=True),
