@@ -337,7 +337,10 @@ def test_batch_scoring_runs_as_written(checkout, readme_pipeline):
     status = json.loads((checkout.state / "runs/batch-score/status.json").read_text())
     assert status["phase"] == "Succeeded" and {f"score({i})" for i in range(3)} <= set(status["tasks"]), status
     one, sharded = outputs
-    assert one["row"].tolist() == sharded["row"].tolist() == list(range(1000))
+    ids = pd.read_parquet(checkout.path / "../shared/data/imdb/sample_test.parquet")["id"].tolist()
+    assert one["id"].tolist() == sharded["id"].tolist() == ids  # the input's own ids, in input order
+    # the same answers whatever the sharding: shards are whole blocks of rows, so the int8 export's batch-wide
+    # activation scales see the same batch-mates (steps/score/core.py BLOCK)
     assert one["label"].tolist() == sharded["label"].tolist()
     assert (one["probability"] - sharded["probability"]).abs().max() < 1e-6
 

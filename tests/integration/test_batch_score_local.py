@@ -53,7 +53,8 @@ def env(tmp_path_factory, tiny_model_dir, imdb_dir) -> dict:
     register_tiny(home, tiny_model_dir)
     inputs = home.parent / "reviews"
     inputs.mkdir()
-    reviews = pd.read_parquet(imdb_dir / "sample_test.parquet").head(40)[["id", "text"]]
+    # 150 rows: three shards of whole 64-row blocks (steps/score/core.py BLOCK), the last one short
+    reviews = pd.read_parquet(imdb_dir / "sample_test.parquet").head(150)[["id", "text"]]
     reviews.iloc[:25].to_parquet(inputs / "a.parquet")
     reviews.iloc[25:].to_json(inputs / "b.jsonl", orient="records", lines=True)
     return {"home": home, "inputs": inputs, "ids": reviews["id"].tolist(),
@@ -78,8 +79,8 @@ def test_the_batch_score_template_fans_out_locally_and_matches_one_process(env):
                       "score(1)": "Succeeded", "score(2)": "Succeeded", "join": "Succeeded", "onExit": "Succeeded"}
     assert status["tasks"]["score(1)"]["argv"][:3] == ["sentimentops", "score", "run"]
     summary = json.loads((run_dir / "join" / "outputs" / "summary" / "summary.json").read_text())
-    assert summary["rows"] == 40 and summary["model_version"] == "1" and summary["shards"] == 3
-    assert sum(summary["labels"].values()) == 40
+    assert summary["rows"] == 150 and summary["model_version"] == "1" and summary["shards"] == 3
+    assert sum(summary["labels"].values()) == 150
 
     scored = pd.read_parquet(fanned)
     assert scored["id"].tolist() == env["ids"]  # input order across files and shards

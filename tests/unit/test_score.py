@@ -16,6 +16,46 @@ from sentimentops.steps.score import cli, core, files
 from sentimentops.steps.score.core import Range, Shard, plan_shards
 
 
+@pytest.fixture(autouse=True)
+def row_blocks(monkeypatch):
+    """One-row blocks for these small inputs (shards of a few rows); the real BLOCK is tested on its own below."""
+    monkeypatch.setattr(core, "BLOCK", 1)
+
+
+def test_shards_start_at_block_boundaries_and_batches_never_cross_a_block(monkeypatch):
+    """int8's activation scales depend on a batch's rows: a review must meet the same batch-mates however the
+    input is sharded, so shards start at a multiple of BLOCK and a batch stays inside one block."""
+    monkeypatch.setattr(core, "BLOCK", 64)
+    planned = plan_shards([("f", 150), ("g", 50)], 3)
+    assert [(s.offset, s.rows) for s in planned] == [(0, 64), (64, 64), (128, 72)]
+    assert len(plan_shards([("f", 100)], 8)) == 2  # no more shards than blocks
+
+    batches: list[list[int]] = []
+    scorer = core.Scorer.__new__(core.Scorer)
+    scorer.on_gpu, scorer.batch_size, scorer.threads, scorer.backend_name = False, 16, 1, "recorder"
+
+    class Encoded:
+        def __init__(self, n: int):
+            self.length = n
+
+    class Encoder:
+        def encode(self, texts):
+            return [Encoded(len(t)) for t in texts]
+
+        def pad(self, rows):
+            return (rows,)
+
+    def backend(rows):
+        batches.append([id(r) for r in rows])
+        return np.full(len(rows), 0.5)
+
+    scorer.encoder, scorer.backend = Encoder(), backend
+    texts = ["x" * (1 + i % 7) for i in range(72)]
+    scorer.score(texts, first_row=128)
+    # rows 128..191 are block 2, rows 192..199 block 3: no batch holds rows of both
+    assert len(batches) == 4 + 1 and sorted(len(b) for b in batches) == [8, 16, 16, 16, 16]
+
+
 @pytest.mark.parametrize("sizes, shards", [([10], 3), ([4, 0, 7, 1], 5), ([3], 8), ([100, 1], 1), ([2, 2], 4)])
 def test_shards_cover_every_row_once_in_order_and_nearly_equal(sizes, shards):
     files_ = [(f"f{i}", n) for i, n in enumerate(sizes)]
