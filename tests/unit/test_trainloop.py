@@ -268,3 +268,33 @@ def test_frozen_parts_keep_their_weights_and_the_rest_learns(imdb):
     assert any(n.startswith("distilbert.transformer.layer.1") for n in moved) and any("classifier" in n for n in moved)
     assert len(stack) == 2 and not any(p.requires_grad for p in emb.parameters())
     assert freeze(load(model_dir), embeddings=False, layers=0) == 0
+
+
+def test_feedback_rows_are_oversampled_after_validation_was_carved():
+    import pandas as pd
+
+    from sentimentops.steps.core.production import BASE_PROVENANCE, FEEDBACK_PROVENANCE, PROVENANCE_COLUMN
+    from sentimentops.steps.train.cli import oversample_feedback
+
+    train = pd.DataFrame({"text": ["b1", "b2", "b3", "f1", "f2"], "label": [0, 1, 0, 1, 0],
+                          PROVENANCE_COLUMN: [BASE_PROVENANCE] * 3 + [FEEDBACK_PROVENANCE] * 2})
+    seen = oversample_feedback(train, 3, seed=7)
+    assert seen["text"].value_counts().to_dict() == {"b1": 1, "b2": 1, "b3": 1, "f1": 3, "f2": 3}
+    # each copy keeps its own label; the order is shuffled, the same for the same seed
+    assert set(zip(seen["text"], seen["label"], strict=True)) == set(zip(train["text"], train["label"], strict=True))
+    assert seen["text"].tolist() == oversample_feedback(train, 3, seed=7)["text"].tolist()
+    assert seen["text"].tolist() != sorted(seen["text"].tolist(), key=["b1", "b2", "b3", "f1", "f2"].index)
+    # 1 = off; no feedback rows, or a hand-made frame without the provenance column: unchanged, same object
+    assert oversample_feedback(train, 1, seed=7) is train
+    base_only = train[train[PROVENANCE_COLUMN] == BASE_PROVENANCE]
+    assert oversample_feedback(base_only, 3, seed=7) is base_only
+    bare = train.drop(columns=[PROVENANCE_COLUMN])
+    assert oversample_feedback(bare, 3, seed=7) is bare
+
+
+def test_feedback_repeat_is_part_of_the_checkpoint_key():
+    # a resumed run must not continue a trajectory trained with another oversampling
+    from sentimentops.steps.train.cli import TRAJECTORY, TrainSettings
+
+    assert "feedback_repeat" in TRAJECTORY
+    assert TrainSettings.model_fields["feedback_repeat"].default == 3
