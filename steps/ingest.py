@@ -5,7 +5,9 @@ The validation split is carved from train so that nothing is ever selected on te
 
 Feedback (people's true labels for production requests) is what makes a drift-triggered retrain learn the drift:
 without it the retrain re-reads the same static corpus. Rules, in order (`select_feedback`):
-- one label per request id (production.latest_feedback), rows without a usable text or a 0/1 label dropped;
+- one label per request id (production.latest_feedback); a label deferred by a replica that had not captured its
+  id (production.DEFERRED_ORIGIN) takes its text from the store's captures (production.resolve_deferred), or is
+  dropped when no capture matches; rows without a usable text or a 0/1 label dropped;
 - only the last `feedback_window_days` days (0: all), then one row per whitespace-normalised text (the newest);
 - a feedback text equal to a base test row is dropped (it would put a test answer into train), and one equal to a
   base train/validation row too (a duplicate there adds nothing, and in the production slice it would be a leak);
@@ -35,13 +37,17 @@ from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.manifests import write_manifest
 from sentimentops.steps.core.production import (
     BASE_PROVENANCE,
+    CAPTURES,
+    DEFERRED_ORIGIN,
     FEEDBACK,
     FEEDBACK_PROVENANCE,
+    PRODUCTION_MIN_ROWS,
     PRODUCTION_SPLIT,
     PROVENANCE_COLUMN,
     Store,
     latest_feedback,
     normalised,
+    resolve_deferred,
 )
 
 log = get_logger(__name__)
@@ -71,8 +77,9 @@ class IngestSettings(CommonSettings):
                                         "(0 = all).")
     production_fraction: float = Field(0.2, ge=0, lt=1, description="Share of the kept feedback, the most recent, "
                                        "held out as the production test slice (production.parquet).")
-    production_min_rows: int = Field(50, ge=1, description="No production slice below this many rows (all "
-                                     "feedback then joins train): at 50 rows one error moves accuracy 2 points.")
+    production_min_rows: int = Field(PRODUCTION_MIN_ROWS, ge=1, description="No production slice below this many "
+                                     "rows (all feedback then joins train): at 50 rows one error moves accuracy 2 "
+                                     "points.")
 
 
 class SourceError(DataError):
@@ -84,7 +91,7 @@ class FeedbackError(DataError):
 
 
 # Why a feedback row was left out, in the order the rules apply (manifest metrics feedback_dropped_<reason>).
-DROP_REASONS = ("duplicate_id", "invalid", "outside_window", "duplicate_text", "in_base_test", "in_base_train",
+DROP_REASONS = ("duplicate_id", "unmatched_id", "invalid", "outside_window", "duplicate_text", "in_base_test", "in_base_train",
                 "over_cap")
 
 
@@ -228,6 +235,9 @@ def select_feedback(feedback: pd.DataFrame, settings: IngestSettings, *, base_te
         counts.dropped[reason] += int((~keep).sum())
         rows = rows[keep].reset_index(drop=True)
 
+    # a deferred label still without text: no capture in the store had its id (never captured, or expired)
+    drop(~((rows["origin"] == DEFERRED_ORIGIN) & rows["text"].isna()), "unmatched_id")
+
     text = rows["text"].map(lambda v: isinstance(v, str) and bool(v.strip()))
     drop(text & rows["label"].map(_valid_label) & rows["ts"].notna(), "invalid")
     if settings.feedback_window_days:
@@ -285,6 +295,9 @@ def read_feedback(settings: IngestSettings) -> pd.DataFrame | None:
         raise UsageError(f"production_store {settings.production_store!r}: {err}") from err
     try:
         frame = store.read_parts(FEEDBACK)
+        deferred = int((frame["origin"] == DEFERRED_ORIGIN).sum())
+        # labels given by id to a replica that had not captured it: their texts are in the captures
+        captures = store.read_parts(CAPTURES) if deferred else None
     except (OSError, ValueError, ImportError) as err:  # ArrowInvalid and read_parts' missing column: ValueErrors
         raise FeedbackError(f"production store {store}: feedback cannot be read: {err}") from err
     except Exception as err:
@@ -294,6 +307,11 @@ def read_feedback(settings: IngestSettings) -> pd.DataFrame | None:
             raise FeedbackError(f"production store {store}: feedback cannot be read: {err}") from err
         raise
     log.info("ingest: %d feedback rows in %s", len(frame), store.kind_location(FEEDBACK))
+    if captures is not None:
+        frame = resolve_deferred(frame, captures)
+        unmatched = int(((frame["origin"] == DEFERRED_ORIGIN) & frame["text"].isna()).sum())
+        log.info("ingest: %d deferred labels, %d matched to the %d captures in %s", deferred, deferred - unmatched,
+                 len(captures), store.kind_location(CAPTURES))
     return frame
 
 

@@ -44,6 +44,10 @@ CAPTURE_COLUMNS = ("id", "ts", "text", "probability", "label", "model_name", "mo
 # (`api:id`, `api:text`, `import:<file name>`).
 FEEDBACK_COLUMNS = ("id", "ts", "text", "label", "predicted", "model_version", "origin")
 UNKNOWN_PREDICTION = -1
+# A label given by id to a replica that did not capture that id (another replica did, or its in-memory index has
+# moved on): stored with this origin, no text, no prediction, and joined to its capture by id at ingest
+# (`resolve_deferred`); the predictor answers 202 "deferred" (ServeSettings.feedback_unknown_ids = defer).
+DEFERRED_ORIGIN = "api:id-deferred"
 
 # The request id: taken from this header when the client sends one (KServe and most gateways pass it through),
 # else made by the predictor; returned as this header and in every body.
@@ -62,6 +66,9 @@ PROVENANCE_COLUMN = "provenance"
 BASE_PROVENANCE = "base"
 FEEDBACK_PROVENANCE = "feedback"
 PRODUCTION_SPLIT = "production"
+# The smallest production slice worth a verdict: ingest carves none below it (all feedback then trains) and the
+# promotion policy only reports, never judges, a smaller one. At 50 rows one answer moves accuracy 2 points.
+PRODUCTION_MIN_ROWS = 50
 
 
 def normalised(texts: Any) -> Any:
@@ -90,6 +97,12 @@ def sane_request_id(value: Any) -> TypeGuard[str]:
 def instance_id(request_id: str, index: int, count: int) -> str:
     """The capture id of one instance: the request id alone for a one-instance request, else `<id>/<index>`."""
     return request_id if count == 1 else f"{request_id}/{index}"
+
+
+def valid_capture_id(value: str) -> bool:
+    """Whether `value` has the form of a capture id (instance_id): a sane request id, alone or `<id>/<index>`."""
+    request_id, slash, index = value.partition("/")
+    return sane_request_id(request_id) and (not slash or (index.isdigit() and str(int(index)) == index))
 
 
 def text_feedback_id(text: str) -> str:
@@ -207,6 +220,24 @@ def latest_feedback(frame: Any) -> Any:
     """One row per id: the first label given for it (later duplicates dropped, as the API answers them)."""
     ordered = frame.sort_values("ts", kind="stable")
     return ordered.drop_duplicates("id", keep="first").reset_index(drop=True)
+
+
+def resolve_deferred(feedback: Any, captures: Any) -> Any:
+    """`feedback` with each deferred row (DEFERRED_ORIGIN) that a capture matches by id given the capture's text,
+    predicted class and model version; deferred rows no capture matches keep no text (ingest drops and counts them),
+    other rows pass unchanged, in their order."""
+    deferred = (feedback["origin"] == DEFERRED_ORIGIN) & feedback["id"].isin(captures["id"])
+    if not deferred.any():
+        return feedback
+    known = captures.drop_duplicates("id", keep="first").set_index("id")
+    ids = feedback.loc[deferred, "id"]
+    frame = feedback.copy()
+    frame["text"] = frame["text"].astype(object)
+    frame["model_version"] = frame["model_version"].astype(object)
+    frame.loc[deferred, "text"] = known.loc[ids, "text"].to_numpy()
+    frame.loc[deferred, "predicted"] = known.loc[ids, "label"].astype("int64").to_numpy()
+    frame.loc[deferred, "model_version"] = known.loc[ids, "model_version"].astype(str).to_numpy()
+    return frame.astype({c: t for c, t in _DTYPES.items() if c in frame.columns})
 
 
 def feedback_frame(rows: Sequence[dict[str, Any]] | Iterable[dict[str, Any]]) -> Any:

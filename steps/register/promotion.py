@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sentimentops.steps.core.production import PRODUCTION_MIN_ROWS
+
 # The evaluate manifest's flat metrics these two come from: keys of the evaluate run itself, not per model, so they
 # are read without the `test_` / `champion_test_` prefix.
 TFIDF_ACCURACY_KEY = "tfidf_test_accuracy"
@@ -56,8 +58,8 @@ class PolicySettings(BaseModel):
         0.01, ge=0, le=1, description="With a production slice: its accuracy may fall at most this much below the "
         "champion's.")
     min_production_rows: int = Field(
-        50, ge=1, description="A production slice smaller than this is reported, not judged (at 50 rows one answer "
-        "moves accuracy 2 points).")
+        PRODUCTION_MIN_ROWS, ge=1, description="A production slice smaller than this is reported, not judged (at 50 "
+        "rows one answer moves accuracy 2 points).")
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,15 @@ from sentimentops.steps.core.explain import Explainer, Explanation, WordWeight, 
 from sentimentops.steps.core.logs import get_logger
 from sentimentops.steps.core.manifests import git_sha
 from sentimentops.steps.core.production import (
+    DEFERRED_ORIGIN,
     MIRROR_HEADER,
     REQUEST_ID_HEADER,
     REQUEST_ID_PATTERN,
+    UNKNOWN_PREDICTION,
     parse_label,
     sane_request_id,
     text_feedback_id,
+    valid_capture_id,
 )
 from sentimentops.steps.core.psi import RECORD_DECIMALS
 from sentimentops.steps.serve import faults
@@ -92,7 +95,10 @@ FEEDBACK_BODY = {"type": "object", "required": ["label"], "additionalProperties"
 FEEDBACK_ANSWER = {"type": "object", "properties": {
     "id": {"type": "string"}, "label": {"type": "string", "enum": list(LABELS)},
     "predicted": {"type": "string", "enum": list(LABELS)}, "correct": {"type": "boolean"},
-    "model_version": {"type": "string"}, "status": {"type": "string", "enum": ["recorded", "duplicate"]}}}
+    "model_version": {"type": "string"},
+    "status": {"type": "string", "enum": ["recorded", "duplicate", "deferred"],
+               "description": "deferred (202): this replica did not capture the id; the label is stored and joined "
+                              "to its capture at ingest, so predicted, correct and model_version are null"}}}
 WORD = {"type": "object", "properties": {
     "word": {"type": "string"}, "start": {"type": "integer"}, "end": {"type": "integer"},
     "weight": {"type": "number", "description": "P(positive) minus P(positive) without the word"}}}
@@ -122,14 +128,20 @@ def _word(w: WordWeight) -> dict[str, Any]:
 
 ERROR_CODES = (("400", "invalid input"), ("404", "unknown model name"), ("413", "payload or instance count too large"),
                ("415", "not JSON"), ("503", "overloaded or not ready (Retry-After)"))
+FEEDBACK_DEFERRED = ("deferred: an id this replica did not capture, stored and joined to its capture at ingest "
+                     "(feedback_unknown_ids = defer)")
 FEEDBACK_ERRORS = (("400", "invalid body or label"), ("404", "unknown id, capture off, or no production store"),
                    ("409", "the id already has another label"), ("413", "payload too large"), ("415", "not JSON"),
                    ("503", "not ready, or labels are waiting for storage (Retry-After)"))
 
 
-def _body(schema: dict, answer: dict, errors: tuple[tuple[str, str], ...] = ERROR_CODES) -> dict:
-    responses = {"200": {"description": "answer", "content": {"application/json": {"schema": answer}},
-                         "headers": {REQUEST_ID_HEADER: {"schema": REQUEST_ID}}}}
+def _body(schema: dict, answer: dict, errors: tuple[tuple[str, str], ...] = ERROR_CODES,
+          accepted: str = "") -> dict:
+    """OpenAPI extras of a POST route: its body, the answer (200, and 202 where `accepted` says when), errors."""
+    ok = {"content": {"application/json": {"schema": answer}}, "headers": {REQUEST_ID_HEADER: {"schema": REQUEST_ID}}}
+    responses = {"200": {"description": "answer", **ok}}
+    if accepted:
+        responses["202"] = {"description": accepted, **ok}
     for code, what in errors:
         responses[code] = {"description": what, "content": {"application/json": {"schema": ERROR}}}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
@@ -325,7 +337,9 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             if fault:
                 await fault.apply()
             payload = await read_json(request, model.options.limits.max_payload_bytes)
-            response, code = JSONResponse(await answer(payload, context)), 200
+            body = await answer(payload, context)
+            code = context.get("code", 200)  # an answer may accept without completing (feedback deferred: 202)
+            response = JSONResponse(body, status_code=code)
         except Exception as exc:  # noqa: BLE001 - the status table decides, nothing escapes as a bare 500
             response, code, reason = fail(exc)
         response.headers[REQUEST_ID_HEADER] = context["rid"]
@@ -401,6 +415,22 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             raise Conflict(f"id {feedback_id!r} already has the label {prior['label']!r}: the first label stands")
         return {**prior, "status": "duplicate"}
 
+    def defer(feedback_id: str, label: int, context: dict) -> dict:
+        """A label for an id another replica may have captured: stored without text (DEFERRED_ORIGIN), joined to
+        the capture by id at ingest; 202, remembered like any label (duplicate / 409), not counted as correct or
+        not (this replica does not know the prediction)."""
+        assert production is not None
+        row = {"id": feedback_id, "ts": time.time(), "text": None, "label": label, "predicted": UNKNOWN_PREDICTION,
+               "model_version": "", "origin": DEFERRED_ORIGIN}
+        if not production.feedback.offer([row]):
+            raise Overloaded(f"{len(production.feedback)} labels are waiting for the production store: retry "
+                             "later (nothing was recorded)")
+        out = {"id": feedback_id, "label": LABELS[label], "predicted": None, "correct": None, "model_version": None,
+               "status": "deferred"}
+        production.memo.put(feedback_id, out)
+        context["code"] = 202
+        return out
+
     async def feedback_answer(payload: Any, context: dict) -> dict:
         if production is None or production.store is None:
             raise NotFound("feedback is off: this predictor has no production store (production_store)")
@@ -412,8 +442,10 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             feedback_id, origin = given_id, "api:id"
             found = remembered(feedback_id, label)
             if found is not None:
-                return found
+                return found  # a duplicate of a deferred label answers 200 "duplicate" too
             captured = production.index.get(feedback_id)
+            if captured is None and production.settings.defer_unknown_ids and valid_capture_id(feedback_id):
+                return defer(feedback_id, label, context)
             if captured is None:
                 raise NotFound(f"id {feedback_id!r} is not among the {production.settings.index} most recent "
                                "instances this replica captured (ids are kept in memory per replica, recent "
@@ -467,7 +499,8 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
     async def v2_infer(model_name: str, request: Request):
         return await handle("v2", request, model_name, v2_answer)
 
-    @app.post("/v1/feedback", openapi_extra=_body(FEEDBACK_BODY, FEEDBACK_ANSWER, FEEDBACK_ERRORS), tags=["feedback"])
+    @app.post("/v1/feedback", openapi_extra=_body(FEEDBACK_BODY, FEEDBACK_ANSWER, FEEDBACK_ERRORS, FEEDBACK_DEFERRED),
+              tags=["feedback"])
     async def feedback(request: Request):
         return await handle("feedback", request, None, feedback_answer, metrics.observe_feedback)
 

@@ -11,7 +11,9 @@ answered 200 but still buffered when the process dies (SIGKILL, or storage still
 logs how many were lost); feedback_flush_s (5 s) bounds that window.
 
 Feedback by id needs the capture: `RecentIndex` keeps the text, predicted class and model version of the most
-recent captured instances, per replica and in memory only; an id outside it is looked up nowhere else (404).
+recent captured instances, per replica and in memory only. An id outside it is refused (404), or, with
+`defer_unknown_ids` (several replicas: another one may have captured it), stored as a deferred label without text
+that ingest joins to its capture by id (production.resolve_deferred).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class CaptureSettings:
     feedback_flush_rows: int = 50
     feedback_flush_s: float = 5.0
     feedback_memo: int = 100_000    # ids whose label this replica accepted (idempotence: duplicate / 409)
+    defer_unknown_ids: bool = False  # feedback for an id not in `index`: stored deferred (202), not refused (404)
 
 
 class PartBuffer:

@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -70,6 +70,11 @@ class ServeSettings(CommonSettings):
                                    "the retry interval after a failed write.")
     capture_index: int = Field(20_000, ge=1, description="Recent captured instances (per replica, in memory) that "
                                "feedback by id can name.")
+    feedback_unknown_ids: Literal["reject", "defer"] = Field(
+        "reject", description="Feedback by id for an id this replica did not capture (or no longer indexes): reject "
+        "answers 404; defer stores the label without text, answers 202 \"deferred\", and ingest joins it to its "
+        "capture by id (several replicas behind one address: the one that captured a request is rarely the one a "
+        "label reaches). The chart sets defer.")
     capture_seed: int | None = Field(None, description="Seed of the capture sampler (tests); unset: random.")
     feedback_buffer: int = Field(1_000, ge=1, description="Feedback labels held in memory while waiting for "
                                  "storage; beyond it POST /v1/feedback answers 503 (refused, not dropped).")
@@ -121,7 +126,8 @@ def production_from(settings: ServeSettings, metrics):
         rate=settings.capture_rate, buffer=settings.capture_buffer, flush_rows=settings.capture_flush_rows,
         flush_s=settings.capture_flush_s, index=settings.capture_index, seed=settings.capture_seed,
         feedback_buffer=settings.feedback_buffer, feedback_flush_rows=settings.feedback_flush_rows,
-        feedback_flush_s=settings.feedback_flush_s), metrics)
+        feedback_flush_s=settings.feedback_flush_s, defer_unknown_ids=settings.feedback_unknown_ids == "defer"),
+        metrics)
 
 
 def build(folder: Path, info: ModelInfo, settings: ServeSettings):

@@ -134,6 +134,28 @@ def test_capture_rate_and_store_follow_their_values_and_default_to_off(chart):
     assert float(env[RATE_ENV]) == 0.1 and re.fullmatch(r"gs://[a-z0-9._-]+(/.*)?", env[STORE_ENV])
 
 
+def test_feedback_for_ids_another_replica_captured_is_deferred_in_the_cluster(chart, gke):
+    """Several replicas answer behind one address: the chart defers labels for ids a replica did not capture (they
+    reach ingest through the store), while the setting's own default (one local predictor) refuses them."""
+    import json
+    import typing
+
+    from sentimentops.steps.serve.server import ServeSettings
+
+    field = ServeSettings.model_fields["feedback_unknown_ids"]
+    assert field.default == "reject"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    choices = schema["properties"]["inferenceService"]["properties"]["capture"]["properties"]["unknownIds"]["enum"]
+    assert sorted(choices) == sorted(typing.get_args(field.annotation))
+    assert predictor_env(gke)["SENTIMENTOPS_SERVE_FEEDBACK_UNKNOWN_IDS"] == "defer"
+    base = {"inferenceService": {"storageUri": "gs://m/1", "modelVersion": "1"}}
+    assert predictor_env(w.render(chart, base))["SENTIMENTOPS_SERVE_FEEDBACK_UNKNOWN_IDS"] == "defer"
+    one = w.deep_merge(base, {"inferenceService": {"capture": {"unknownIds": "reject"}}})
+    assert predictor_env(w.render(chart, one))["SENTIMENTOPS_SERVE_FEEDBACK_UNKNOWN_IDS"] == "reject"
+    with pytest.raises(Exception, match="unknownIds"):
+        w.render(chart, w.deep_merge(base, {"inferenceService": {"capture": {"unknownIds": "drop"}}}))
+
+
 def test_capture_without_a_store_fails_the_render_not_the_predictor(chart):
     values = {"inferenceService": {"storageUri": "gs://m/1", "modelVersion": "1", "capture": {"rate": 0.5}}}
     with pytest.raises(Exception, match="production.store"):

@@ -242,3 +242,53 @@ def test_capture_off_text_feedback_only_and_the_shutdown_flush(served_model, tmp
     store = Store(str(tmp_path / "store"))
     assert list(store.read_parts(FEEDBACK)["id"]) == [text_feedback_id("a label without capture")]
     assert store.parts(CAPTURES) == []  # capture off: no text was stored but the label given on purpose
+
+
+def test_two_replicas_a_label_reaching_the_other_one_is_deferred_and_joined_at_ingest(served_model, tmp_path):  # noqa: F811
+    # Two predictors behind one address share one store; a label by id usually reaches the replica that did not
+    # capture it. With feedback_unknown_ids=defer that replica stores it without text (202) and ingest joins it to
+    # the capture; reject (the default, as above) answers 404.
+    import pandas as pd
+
+    from sentimentops.steps.core.production import DEFERRED_ORIGIN
+    from sentimentops.steps.ingest import IngestSettings, read_feedback, select_feedback
+
+    store_path = tmp_path / "store"
+    flags = ("--capture-rate", "1.0", "--feedback-unknown-ids", "defer", *FAST_FLUSH)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    a, b = start(served_model, tmp_path / "a", store_path, *flags), None
+    try:
+        b = start(served_model, tmp_path / "b", store_path, *flags)
+        _, body, _ = post(a, V1, {"instances": ["captured by replica a"]}, rid="two-1")
+        predicted = body["predictions"][0]["label"]
+        status, answer, headers = post(b, "/v1/feedback", {"id": "two-1", "label": "positive"})
+        assert status == 202 and RID in headers
+        assert answer == {"id": "two-1", "label": "positive", "predicted": None, "correct": None,
+                          "model_version": None, "status": "deferred"}
+        assert post(b, "/v1/feedback", {"id": "two-1", "label": 1})[1]["status"] == "duplicate"
+        assert post(b, "/v1/feedback", {"id": "two-1", "label": 0})[0] == 409
+        assert post(b, "/v1/feedback", {"id": "captured-nowhere", "label": 0})[0] == 202
+        # not the form of any capture id: refused, not stored
+        for bad in ("has space", "two-1/x", "two-1/01", "a" * 129):
+            assert post(b, "/v1/feedback", {"id": bad, "label": 0})[0] == 404, bad
+        # b does not know the prediction: no correct/incorrect count for a deferred label
+        assert metric_value(b, 'sentiment_feedback_total{correct="true",model_version="5"}') == 0
+        assert metric_value(b, 'sentiment_feedback_total{correct="false",model_version="5"}') == 0
+        assert metric_value(b, 'sentiment_feedback_requests_total{status="202"}') == 2
+        store = Store(str(store_path))
+        wait_for(lambda: stored(store, FEEDBACK, {"two-1", "captured-nowhere"}), 60, "the deferred labels")
+        wait_for(lambda: stored(store, CAPTURES, {"two-1"}), 60, "replica a's capture")
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+    settings = IngestSettings(production_store=str(store_path), production_min_rows=1_000)
+    feedback = read_feedback(settings)
+    assert set(feedback.loc[feedback["origin"] == DEFERRED_ORIGIN, "id"]) == {"two-1", "captured-nowhere"}
+    empty = pd.DataFrame({"text": pd.Series(dtype=object)})
+    chosen = select_feedback(feedback, settings, base_test=empty, base_train=empty, now=0.0)
+    assert chosen.counts.dropped["unmatched_id"] == 1
+    assert chosen.train[["text", "label"]].to_dict(orient="records") == [{"text": "captured by replica a",
+                                                                          "label": 1}]
+    assert predicted in LABELS
