@@ -71,7 +71,7 @@ def run_windows(reference: DriftReference, lines: list[str], window: int, persis
     monitor = DriftMonitor(reference, window=window, threshold=0.2, persist=persist,
                            on_trigger=lambda _reason, result: fired.append(result.index))
     results = monitor.add(lines)
-    psi = [r.psi for r in results]
+    psi = [r.psi for r in results if r.psi]  # a window judged too small (under min_window) has no PSI
     return {"windows": len(results), "alarms": sum(1 for r in results if r.drifted),
             "first_drifted_window": next((r.index + 1 for r in results if r.drifted), None),
             "webhook_after_window": fired[0] + 1 if fired else None,
