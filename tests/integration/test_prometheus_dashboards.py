@@ -2,7 +2,8 @@
 (Debian's package) scraping a real predictor and the drift monitor on 127.0.0.1 under a bounded load.
 
     predictor (`sentimentops serve`, tiny model, --prediction-log) --records--> `drift watch` (window 50)
-        ^ 160 IMDB reviews, 100 Rotten Tomatoes snippets, 6 invalid requests (bounded, 2 client threads)
+        ^ 160 IMDB reviews, 100 Rotten Tomatoes snippets, 6 invalid requests (bounded, 2 client threads),
+          20 feedback labels
     prometheus (scrape 1s, the rule files of charts/sentimentops/files/monitoring/rules) <- both /metrics
 
 With CI=true a missing `prometheus` binary fails the test (the set-up installs it); elsewhere it is skipped.
@@ -158,8 +159,8 @@ def _scalar(base: str, expr: str) -> float:
 
 
 def load(url: str, imdb_dir: Path, rt_polarity_file: Path) -> int:
-    """Bounded: 6 invalid requests, 160 IMDB reviews in batches of 1-4, then 100 Rotten Tomatoes snippets;
-    returns the number of requests sent."""
+    """Bounded: 6 invalid requests, 160 IMDB reviews in batches of 1-4, then 100 Rotten Tomatoes snippets and 20
+    labels for them; returns the number of prediction requests sent."""
     reviews = pd.read_parquet(imdb_dir / "sample_train.parquet")["text"].tolist()[:160]
     snippets = pd.read_parquet(rt_polarity_file).sample(n=100, random_state=0)
     batches, i = [], 0
@@ -176,6 +177,10 @@ def load(url: str, imdb_dir: Path, rt_polarity_file: Path) -> int:
         codes = list(pool.map(lambda b: post(endpoint, {"instances": b}), batches))
         codes += list(pool.map(lambda t: post(endpoint, {"instances": [t]}), snippets["text"].tolist()))
     assert set(codes) == {200}, codes
+    # labels for 20 of the snippets, by text (capture is off): the feedback panels' data; not requests
+    labelled = [post(f"{url}/v1/feedback", {"text": t, "label": int(label)})
+                for t, label in zip(snippets["text"].head(20), snippets["label"].head(20), strict=True)]
+    assert set(labelled) == {200}, labelled
     return len(codes) + len(bad)
 
 
