@@ -17,7 +17,9 @@ new model on quality. Every stage runs the real component as its own process, un
                moves champion): ingest merges the feedback (provenance column, production slice), evaluate reports
                the production slice, register sets `challenger`
   6 accuracy   champion and challenger served one at a time (`sentimentops serve`, as in production) on the RT
-               held-out snippets (never served, never labelled: benchmarks/feedback_data.py) and the IMDB sample test
+               held-out snippets (never served, never labelled: benchmarks/feedback_data.py), the IMDB sample test,
+               and, as a second estimate of the RT gain with a smaller error, the pool's snippets this run never
+               served nor labelled (`rt_unserved`, several thousand)
   7 canary     `sentimentops rollout local up` (stable = champion) and `rollout run --target local --model
                challenger` while labelled RT snippets are sent as text feedback through the router (each predictor
                scores and counts them: sentiment_feedback_total{model_version, correct}), judged with
@@ -27,6 +29,7 @@ Target (issue 15): RT held-out +5 points or more, IMDB test -1 point at most, an
 
     nice -n 5 .venv/bin/python benchmarks/feedback_loop.py                      # ~40 min on 2 cores
     nice -n 5 .venv/bin/python benchmarks/feedback_loop.py --home /tmp/loop      # reuse a champion trained there
+    nice -n 5 .venv/bin/python benchmarks/feedback_loop.py --rescore             # step 6 again, same home and report
 
 Writes benchmarks/results/feedback_loop.json (every stage's numbers and seconds, the CPU model) and
 feedback_loop.png (before/after accuracy), and prints the table.
@@ -61,6 +64,7 @@ from sentimentops.steps.core.production import FEEDBACK, REQUEST_ID_HEADER, Stor
 from sentimentops.steps.quickstart import DEMO_PARAMETERS
 
 RESULTS = REPO / "benchmarks" / "results"
+CANARY_LABEL_POOL = 2000  # the end of the RT traffic pool: the snippets the canary's text feedback cycles through
 TARGET_RT_GAIN = 0.05
 TARGET_IMDB_LOSS = 0.01
 
@@ -371,7 +375,7 @@ def canary(cfg: Config, data: LoopData, candidate: str) -> dict:
         raise SystemExit("rollout local up failed")
     state = json.loads((folder / "state.json").read_text())
     router = f"http://127.0.0.1:{state['router']['port']}"
-    labelled = data.rt_traffic.iloc[-2000:]  # the end of the pool: never served before, never trained on
+    labelled = data.rt_traffic.iloc[-CANARY_LABEL_POOL:]  # the end of the pool: never served before, never trained on
     stop_event, sent = threading.Event(), {"labels": 0, "errors": 0}
     errors: dict[str, int] = {}
 
@@ -432,8 +436,10 @@ def figure(report: dict, path: Path) -> None:
 
     before, after = report["accuracy"]["champion"], report["accuracy"]["retrained"]
     names = [("rt_held_out", f"Rotten Tomatoes held-out\n({report['rows']['rt_held_out']} snippets)"),
+             ("rt_unserved", f"RT never served\n({report['rows'].get('rt_unserved')} snippets)"),
              ("imdb_test", f"IMDB test\n({report['rows']['imdb_test']} reviews)")]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    names = [(n, label) for n, label in names if n in before]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     xs = range(len(names))
     ax.bar([x - 0.18 for x in xs], [100 * before[n] for n, _ in names], 0.36, label=f"champion v{report['champion']} "
            "(IMDB only)", color="#9aa5b1")
@@ -455,13 +461,24 @@ def figure(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def unserved(data: LoopData, rt_requests: int) -> pd.DataFrame:
+    """The traffic pool's snippets this run neither served (the first `rt_requests`) nor cycled through the canary's
+    labels (the last CANARY_LABEL_POOL): like the held-out set, unseen by both models, and several times larger, so
+    a second estimate of the same gain with a smaller standard error. The target is judged on rt_held_out, fixed
+    before any run."""
+    return data.rt_traffic.iloc[rt_requests:len(data.rt_traffic) - CANARY_LABEL_POOL]
+
+
 def table(report: dict) -> str:
     before, after = report["accuracy"]["champion"], report["accuracy"]["retrained"]
-    lines = [f"CPU: {report['cpu']}", f"{'set':<22}{'champion':>10}{'retrained':>11}{'change':>9}{'target':>12}"]
+    lines = [f"CPU: {report['cpu']}", f"{'set':<22}{'champion':>10}{'retrained':>11}{'change':>9}{'target':>16}"]
     for name, target in (("rt_held_out", f">= +{100 * TARGET_RT_GAIN:.0f} pts"),
+                         ("rt_unserved", "(2nd estimate)"),
                          ("imdb_test", f">= -{100 * TARGET_IMDB_LOSS:.0f} pt")):
+        if name not in before:
+            continue
         lines.append(f"{name:<22}{before[name]:>10.4f}{after[name]:>11.4f}{100 * (after[name] - before[name]):>+9.1f}"
-                     f"{target:>12}")
+                     f"{target:>16}")
     lines.append(f"target met: {report['target_met']}; canary: {report.get('canary', {}).get('decision')}")
     lines += [f"  {stage:<20}{s:>8} s" for stage, s in report["seconds"].items()]
     return "\n".join(lines)
@@ -478,6 +495,8 @@ def main() -> int:
     parser.add_argument("--soak", default="180s")
     parser.add_argument("--skip-canary", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="test size, the tiny model: wiring only (~15 min)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="only step 6 again, for the versions of the report at --out (its home kept them)")
     args = parser.parse_args()
     home = args.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -501,17 +520,24 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
-    report["champion"] = clock("1 champion", lambda: train_champion(cfg))
-    save()
-    with ProcessGroups(grace_s=30) as children:
-        services: Services = clock("2-3 services", lambda: start_services(cfg, children))  # type: ignore[assignment]
-        report["traffic"] = clock("4 traffic+labels", lambda: send_traffic(cfg, services, data))
+    if args.rescore:
+        earlier = json.loads(args.out.read_text())
+        report = {**earlier, **{k: v for k, v in report.items() if k in ("cpu",)}}
+        clock.seconds = {k: v for k, v in earlier.get("seconds", {}).items() if not k.startswith("6 ")}
+    else:
+        report["champion"] = clock("1 champion", lambda: train_champion(cfg))
         save()
-        report["retrain"] = clock("5 retrain", lambda: wait_retrain(cfg, services))
-        save()
-    report["retrained"] = report["retrain"]["registered_version"]
+        with ProcessGroups(grace_s=30) as children:
+            services: Services = clock("2-3 services", lambda: start_services(cfg, children))  # type: ignore[assignment]
+            report["traffic"] = clock("4 traffic+labels", lambda: send_traffic(cfg, services, data))
+            save()
+            report["retrain"] = clock("5 retrain", lambda: wait_retrain(cfg, services))
+            save()
+        report["retrained"] = report["retrain"]["registered_version"]
     imdb_test = data.imdb_test.head(cfg.imdb_test_rows) if cfg.imdb_test_rows else data.imdb_test
-    sets = {"rt_held_out": data.rt_held_out, "imdb_test": imdb_test}
+    rest = unserved(data, report["traffic"]["rt_requests"])
+    report["rows"]["rt_unserved"] = len(rest)
+    sets = {"rt_held_out": data.rt_held_out, "rt_unserved": rest, "imdb_test": imdb_test}
     report["accuracy"] = {
         "champion": clock("6 accuracy champion", lambda: served_accuracy(cfg, report["champion"], sets)),
         "retrained": clock("6 accuracy retrained", lambda: served_accuracy(cfg, report["retrained"], sets))}
@@ -519,7 +545,7 @@ def main() -> int:
     report["target_met"] = bool(after["rt_held_out"] - before["rt_held_out"] >= TARGET_RT_GAIN
                                 and before["imdb_test"] - after["imdb_test"] <= TARGET_IMDB_LOSS)
     save()
-    if not args.skip_canary:
+    if not args.skip_canary and not args.rescore:
         report["canary"] = clock("7 canary", lambda: canary(cfg, data, report["retrained"]))
     save()
     figure(report, args.out.with_suffix(".png"))
