@@ -31,7 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientResponse, ClientSession, ClientTimeout, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from sentimentops.steps.core.errors import UsageError, stage_main
@@ -57,13 +57,14 @@ class Routes:
         self.percent = 0
         self.mirror_percent = 0
 
-    def refresh(self) -> bool:
-        """Re-reads the routes when the file changed; True when it did."""
+    def refresh(self, force: bool = False) -> bool:
+        """Re-reads the routes when the file changed (or always: `force`, after a backend failed, in case the
+        change fell within the file time's resolution); True when it did."""
         try:
             mtime = os.stat(self.state_file).st_mtime_ns
         except FileNotFoundError:
             return False
-        if mtime == self.mtime:
+        if mtime == self.mtime and not force:
             return False
         try:
             routes = json.loads(self.state_file.read_text()).get("routes") or {}
@@ -167,8 +168,8 @@ def make_app(state_file: Path, seed: int = 0, *, max_request_ids: int = MAX_REQU
     mirrors: set[asyncio.Task] = set()
     app = web.Application(client_max_size=8 * 1024 * 1024)
 
-    def refresh() -> None:
-        if routes.refresh():
+    def refresh(force: bool = False) -> None:
+        if routes.refresh(force):
             metrics.versions(routes.stable_version, routes.canary_version)
 
     async def session_ctx(app: web.Application):
@@ -252,11 +253,26 @@ def make_app(state_file: Path, seed: int = 0, *, max_request_ids: int = MAX_REQU
         if backend is None:
             return web.json_response({"error": "no backend configured"}, status=503)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        try:
-            async with request.app["session"].request(request.method, backend + request.rel_url.raw_path_qs,
+
+        async def forward(url: str) -> tuple[bytes, dict[str, str], ClientResponse]:
+            async with request.app["session"].request(request.method, url + request.rel_url.raw_path_qs,
                                                       headers=headers, data=body) as answer:
-                payload = await answer.read()
-                out = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
+                return await answer.read(), {k: v for k, v in answer.headers.items()
+                                             if k.lower() not in HOP_HEADERS}, answer
+        try:
+            try:
+                payload, out, answer = await forward(backend)
+            except (OSError, ClientError):
+                # A promotion or rollback rewrites the routes before it stops the process it retires: a request
+                # that picked that process just before is sent once more where the new routes say (predictions
+                # and labels are idempotent). A label for an id the retired process answered has nowhere to go.
+                refresh(force=True)
+                if role == "retired" or backend in (routes.stable, routes.canary):
+                    raise
+                role, backend = feedback_backend(body) if path == FEEDBACK_PATH else routes.pick()
+                if backend is None:
+                    raise
+                payload, out, answer = await forward(backend)
         except (OSError, ClientError) as err:  # the backend is gone (a rollback in progress): the router's own 502
             gone = " (the deployment that answered this request id is gone)" if role == "retired" else ""
             return web.json_response({"error": f"{role} unreachable{gone}: {err}"}, status=502,

@@ -299,3 +299,24 @@ def test_request_ids_are_bounded_and_match_capture_ids():
 def test_answer_labels(payload, labels):
     assert answer_labels(json.dumps(payload).encode()) == labels
     assert answer_labels(b"<html>") is None
+
+
+def test_a_request_to_a_process_a_promotion_just_retired_goes_where_the_new_routes_say(router, deployments, tmp_path):
+    # `rollout local` promotes by rewriting the routes (stable := canary) and then stopping the old stable: a
+    # request that picked the old stable in between is sent once more by the new routes instead of failing.
+    import os
+
+    stable, canary = deployments
+    url = router(percent=0, mirror=0)
+    assert post(url + "/predict", {"instances": TEXTS})[1]["x-sentimentops-backend"] == "stable"
+    state = tmp_path / "state.json"
+    before = os.stat(state).st_mtime_ns
+    write_routes(state, canary, None, 0, 0)  # canary promoted: it is the only deployment now
+    os.utime(state, ns=(before, before))  # ... within the file time's resolution: the router has not noticed yet
+    stable.close()
+    stable.close = lambda: None
+    status, headers, body = post(url + "/predict", {"instances": TEXTS})
+    assert status == 200 and headers["x-sentimentops-backend"] == "stable"  # the new stable: the promoted canary
+    assert body["predictions"][1]["label"] == "negative"  # canary's answer ("flip" inverted)
+    status, headers, _ = post(url + "/v1/feedback", {"text": "after the promotion", "label": "positive"})
+    assert status == 200 and canary.feedback[-1]["text"] == "after the promotion"
