@@ -80,6 +80,7 @@ class Config:
     # webhook fires after the store holds every label (the benchmark also waits for that before sending more).
     persist: int = 3
     pipeline: dict[str, str] = field(default_factory=dict)  # overrides of the quickstart's parameters
+    retrain_pipeline: dict[str, str] = field(default_factory=dict)  # ... of the drift-triggered retrain's only
     soak: str = "180s"
     interval: str = "60s"
     canary_percent: int = 50
@@ -208,7 +209,7 @@ def start_services(cfg: Config, children: ProcessGroups) -> Services:
                  "--env", "SENTIMENTOPS_REGISTER_CHAMPION_MOVES_AT=rollout"]
     for key, value in cfg.retrain_env.items():
         hook_argv += ["--env", f"{key}={value}"]
-    for key, value in parameters(cfg).items():
+    for key, value in {**parameters(cfg), **cfg.retrain_pipeline}.items():
         hook_argv += ["-p", f"{key}={value}"]
     hook = children.start(hook_argv, log=logs / "webhook.log", env=environment(cfg))
     base = f"http://127.0.0.1:{port}"
@@ -492,6 +493,9 @@ def main() -> int:
     parser.add_argument("--feedback", type=int, default=1000)
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
                         help="override a pipeline parameter of both trainings (e.g. epochs=2)")
+    parser.add_argument("--retrain-parameter", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pipeline parameter of the drift-triggered retrain only (e.g. epochs=2, the "
+                             "training template's default in the cluster)")
     parser.add_argument("--soak", default="180s")
     parser.add_argument("--skip-canary", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="test size, the tiny model: wiring only (~15 min)")
@@ -502,15 +506,18 @@ def main() -> int:
     home.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         cfg = smoke_config(home)
+        cfg.retrain_pipeline.update(kv.split("=", 1) for kv in args.retrain_parameter)
         if args.out == RESULTS / "feedback_loop.json":
             args.out = home / "feedback_loop_smoke.json"
     else:
         cfg = Config(home=home, feedback=args.feedback, soak=args.soak,
-                     pipeline=dict(kv.split("=", 1) for kv in args.parameter))
+                     pipeline=dict(kv.split("=", 1) for kv in args.parameter),
+                     retrain_pipeline=dict(kv.split("=", 1) for kv in args.retrain_parameter))
     clock = Stopwatch()
     data: LoopData = clock("prepare", lambda: load(cfg.held_out))  # type: ignore[assignment]
     report: dict = {"cpu": cpu_model(), "config": {k: str(v) for k, v in asdict(cfg).items()},
-                    "pipeline_parameters": parameters(cfg), "feedback": cfg.feedback,
+                    "pipeline_parameters": parameters(cfg), "retrain_parameters": cfg.retrain_pipeline,
+                    "feedback": cfg.feedback,
                     "rows": {"rt_held_out": len(data.rt_held_out),
                              "imdb_test": cfg.imdb_test_rows or len(data.imdb_test)}}
     print(f"CPU: {report['cpu']}", flush=True)

@@ -5,9 +5,10 @@ The validation split is carved from train so that nothing is ever selected on te
 
 Feedback (people's true labels for production requests) is what makes a drift-triggered retrain learn the drift:
 without it the retrain re-reads the same static corpus. Rules, in order (`select_feedback`):
-- one label per request id (production.latest_feedback); a label deferred by a replica that had not captured its
-  id (production.DEFERRED_ORIGIN) takes its text from the store's captures (production.resolve_deferred), or is
-  dropped when no capture matches; rows without a usable text or a 0/1 label dropped;
+- a label deferred by a replica that had not captured its id (production.DEFERRED_ORIGIN) takes its text from the
+  store's capture with that id (production.resolve_deferred), or is dropped when no capture, or captures of more
+  than one text, have it: first, so that it cannot hide a label with text for the same id;
+- one label per request id (production.latest_feedback), rows without a usable text or a 0/1 label dropped;
 - only the last `feedback_window_days` days (0: all), then one row per whitespace-normalised text (the newest);
 - a feedback text equal to a base test row is dropped (it would put a test answer into train), and one equal to a
   base train/validation row too (a duplicate there adds nothing, and in the production slice it would be a leak);
@@ -45,6 +46,7 @@ from sentimentops.steps.core.production import (
     PRODUCTION_SPLIT,
     PROVENANCE_COLUMN,
     Store,
+    capture_frame,
     latest_feedback,
     normalised,
     resolve_deferred,
@@ -91,7 +93,7 @@ class FeedbackError(DataError):
 
 
 # Why a feedback row was left out, in the order the rules apply (manifest metrics feedback_dropped_<reason>).
-DROP_REASONS = ("duplicate_id", "unmatched_id", "invalid", "outside_window", "duplicate_text", "in_base_test", "in_base_train",
+DROP_REASONS = ("unmatched_id", "ambiguous_id", "duplicate_id", "invalid", "outside_window", "duplicate_text", "in_base_test", "in_base_train",
                 "over_cap")
 
 
@@ -219,24 +221,24 @@ def _valid_label(value: object) -> bool:
 
 
 def select_feedback(feedback: pd.DataFrame, settings: IngestSettings, *, base_test: pd.DataFrame,
-                    base_train: pd.DataFrame, now: float) -> FeedbackSelection:
+                    base_train: pd.DataFrame, now: float, captures: pd.DataFrame | None = None) -> FeedbackSelection:
     """The pure core of the merge (module docstring): which feedback rows train, which form the production slice,
-    and how many each rule dropped. Deterministic: rows are ordered by (ts, id), never by chance."""
+    and how many each rule dropped. Deterministic: rows are ordered by (ts, id), never by chance. `captures`: the
+    store's captures, where deferred labels find their texts (None: none read, every deferred label unmatched)."""
     counts = FeedbackCounts(read=len(feedback))
     empty = pd.DataFrame({"text": pd.Series(dtype=object), "label": pd.Series(dtype="int64"),
                           PROVENANCE_COLUMN: pd.Series(dtype=object)})
     if not len(feedback):
         return FeedbackSelection(empty, empty.copy(), counts)
-    rows = latest_feedback(feedback)
-    counts.dropped["duplicate_id"] = len(feedback) - len(rows)
+    resolved = resolve_deferred(feedback, captures if captures is not None else capture_frame([]))
+    counts.dropped["unmatched_id"], counts.dropped["ambiguous_id"] = resolved.unmatched, resolved.ambiguous
+    rows = latest_feedback(resolved.feedback)
+    counts.dropped["duplicate_id"] = len(resolved.feedback) - len(rows)
 
     def drop(keep: pd.Series, reason: str) -> None:
         nonlocal rows
         counts.dropped[reason] += int((~keep).sum())
         rows = rows[keep].reset_index(drop=True)
-
-    # a deferred label still without text: no capture in the store had its id (never captured, or expired)
-    drop(~((rows["origin"] == DEFERRED_ORIGIN) & rows["text"].isna()), "unmatched_id")
 
     text = rows["text"].map(lambda v: isinstance(v, str) and bool(v.strip()))
     drop(text & rows["label"].map(_valid_label) & rows["ts"].notna(), "invalid")
@@ -261,7 +263,7 @@ def select_feedback(feedback: pd.DataFrame, settings: IngestSettings, *, base_te
 
 
 def make_splits(raw: dict[str, pd.DataFrame], settings: IngestSettings, feedback: pd.DataFrame | None = None,
-                now: float | None = None) -> Splits:
+                now: float | None = None, captures: pd.DataFrame | None = None) -> Splits:
     """The pure core: seeded sampling, test carved first when the source has none, feedback merged into train
     (`select_feedback`), validation from train. `feedback` None: no store was read."""
     if "all" in raw:
@@ -275,7 +277,7 @@ def make_splits(raw: dict[str, pd.DataFrame], settings: IngestSettings, feedback
     production, counts = None, None
     if feedback is not None:
         chosen = select_feedback(feedback, settings, base_test=test, base_train=train,
-                                 now=time.time() if now is None else now)
+                                 now=time.time() if now is None else now, captures=captures)
         counts = chosen.counts
         if len(chosen.train):  # no feedback: the base rows exactly as before (same order, same bytes)
             train = pd.concat([train, chosen.train], ignore_index=True).sample(
@@ -285,10 +287,11 @@ def make_splits(raw: dict[str, pd.DataFrame], settings: IngestSettings, feedback
     return Splits(train=train, validation=validation, test=test, production=production, feedback=counts)
 
 
-def read_feedback(settings: IngestSettings) -> pd.DataFrame | None:
-    """The store's feedback rows; None when merging is off or no store is configured (empty production_store)."""
+def read_feedback(settings: IngestSettings) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(the store's feedback rows, its captures when deferred labels need them); (None, None) when merging is off or
+    no store is configured (empty production_store)."""
     if not settings.feedback or not settings.production_store.strip():
-        return None
+        return None, None
     try:
         store = Store(settings.production_store.strip())
     except ValueError as err:
@@ -308,11 +311,9 @@ def read_feedback(settings: IngestSettings) -> pd.DataFrame | None:
         raise
     log.info("ingest: %d feedback rows in %s", len(frame), store.kind_location(FEEDBACK))
     if captures is not None:
-        frame = resolve_deferred(frame, captures)
-        unmatched = int(((frame["origin"] == DEFERRED_ORIGIN) & frame["text"].isna()).sum())
-        log.info("ingest: %d deferred labels, %d matched to the %d captures in %s", deferred, deferred - unmatched,
-                 len(captures), store.kind_location(CAPTURES))
-    return frame
+        log.info("ingest: %d deferred labels, to be joined to the %d captures in %s", deferred, len(captures),
+                 store.kind_location(CAPTURES))
+    return frame, captures
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -324,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(IngestSettings, argv, prog="sentimentops ingest", description=__doc__,
                                     add_arguments=_arguments)
     raw, used, fallback = resolve_source(settings)
-    feedback = read_feedback(settings)
-    splits = make_splits(raw, settings, feedback)
+    feedback, captures = read_feedback(settings)
+    splits = make_splits(raw, settings, feedback, captures=captures)
     args.out.mkdir(parents=True, exist_ok=True)
     if splits.production is None:  # a re-run into the same folder must not keep an earlier run's slice
         (args.out / f"{PRODUCTION_SPLIT}.parquet").unlink(missing_ok=True)

@@ -13,7 +13,9 @@ temporary name and a rename, on GCS by one object upload. Feedback for one reque
 (a retried import, the same label posted twice): readers keep the first row per id (`latest_feedback`).
 
 Privacy: raw review text is written only when capture is on (docs/production-data.md); feedback rows carry the text
-they label, because a label without its text cannot train anything.
+they label, because a label without its text cannot train anything. The one exception is a label deferred by a
+replica that had not captured its id (DEFERRED_ORIGIN): it carries no text, and ingest takes the text from the
+capture with that id while captures are kept.
 
 Only the standard library, pandas/pyarrow and (for gs://) google-cloud-storage: the serve image imports this module.
 """
@@ -99,10 +101,13 @@ def instance_id(request_id: str, index: int, count: int) -> str:
     return request_id if count == 1 else f"{request_id}/{index}"
 
 
+_INSTANCE_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
+
+
 def valid_capture_id(value: str) -> bool:
     """Whether `value` has the form of a capture id (instance_id): a sane request id, alone or `<id>/<index>`."""
     request_id, slash, index = value.partition("/")
-    return sane_request_id(request_id) and (not slash or (index.isdigit() and str(int(index)) == index))
+    return sane_request_id(request_id) and (not slash or _INSTANCE_INDEX.fullmatch(index) is not None)
 
 
 def text_feedback_id(text: str) -> str:
@@ -222,22 +227,37 @@ def latest_feedback(frame: Any) -> Any:
     return ordered.drop_duplicates("id", keep="first").reset_index(drop=True)
 
 
-def resolve_deferred(feedback: Any, captures: Any) -> Any:
-    """`feedback` with each deferred row (DEFERRED_ORIGIN) that a capture matches by id given the capture's text,
-    predicted class and model version; deferred rows no capture matches keep no text (ingest drops and counts them),
-    other rows pass unchanged, in their order."""
-    deferred = (feedback["origin"] == DEFERRED_ORIGIN) & feedback["id"].isin(captures["id"])
+@dataclass
+class Resolved:
+    """What resolve_deferred made of the deferred labels (DEFERRED_ORIGIN)."""
+
+    feedback: Any   # every non-deferred row, and each deferred one with its capture's text, prediction and version
+    unmatched: int  # deferred labels no capture has the id of (never sampled, mistyped, or the capture expired)
+    ambiguous: int  # deferred labels whose id names captures of different texts (a client reusing an id across
+    #                 replicas or restarts, V2's default "1"): which text was meant cannot be known
+
+
+def resolve_deferred(feedback: Any, captures: Any) -> Resolved:
+    """Gives each deferred label the text, predicted class and model version of the capture with its id; leaves out
+    those no capture, or captures of more than one text, match. Other rows pass unchanged, in their order."""
+    deferred = feedback["origin"] == DEFERRED_ORIGIN
     if not deferred.any():
-        return feedback
-    known = captures.drop_duplicates("id", keep="first").set_index("id")
-    ids = feedback.loc[deferred, "id"]
-    frame = feedback.copy()
+        return Resolved(feedback, 0, 0)
+    texts = normalised(captures["text"]).groupby(captures["id"]).nunique()
+    one = captures[captures["id"].isin(texts.index[texts == 1])].drop_duplicates("id", keep="last").set_index("id")
+    known = deferred & feedback["id"].isin(one.index)
+    ambiguous = deferred & feedback["id"].isin(texts.index[texts > 1])
+    frame = feedback[~deferred | known].copy()
+    matched = frame["origin"].eq(DEFERRED_ORIGIN).to_numpy()
+    ids = frame.loc[matched, "id"]
     frame["text"] = frame["text"].astype(object)
     frame["model_version"] = frame["model_version"].astype(object)
-    frame.loc[deferred, "text"] = known.loc[ids, "text"].to_numpy()
-    frame.loc[deferred, "predicted"] = known.loc[ids, "label"].astype("int64").to_numpy()
-    frame.loc[deferred, "model_version"] = known.loc[ids, "model_version"].astype(str).to_numpy()
-    return frame.astype({c: t for c, t in _DTYPES.items() if c in frame.columns})
+    frame.loc[matched, "text"] = one.loc[ids, "text"].to_numpy()
+    frame.loc[matched, "predicted"] = one.loc[ids, "label"].astype("int64").to_numpy()
+    frame.loc[matched, "model_version"] = one.loc[ids, "model_version"].astype(str).to_numpy()
+    frame = frame.reset_index(drop=True).astype({c: t for c, t in _DTYPES.items() if c in frame.columns})
+    n_ambiguous = int(ambiguous.sum())
+    return Resolved(frame, int(deferred.sum()) - int(known.sum()) - n_ambiguous, n_ambiguous)
 
 
 def feedback_frame(rows: Sequence[dict[str, Any]] | Iterable[dict[str, Any]]) -> Any:

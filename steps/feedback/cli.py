@@ -27,6 +27,7 @@ from sentimentops.steps.core.config import CommonSettings, add_settings_flags, s
 from sentimentops.steps.core.errors import DataError, UsageError, stage_main
 from sentimentops.steps.core.logs import emit, get_logger
 from sentimentops.steps.core.production import (
+    DEFERRED_ORIGIN,
     FEEDBACK,
     UNKNOWN_PREDICTION,
     Store,
@@ -180,7 +181,10 @@ def import_feedback(path: Path, store: Store, settings: FeedbackSettings, *, ski
         log.warning("%s: %d rows rejected (-> %s): %s%s", path, len(rejected), target, report, more)
         if not good:
             raise DataError(f"{path}: every row is invalid ({target} says why); nothing written")
-    stored = set(store.read_parts(FEEDBACK)["id"])
+    # an id whose only stored label is deferred (no text: production.DEFERRED_ORIGIN) is not stored for this purpose:
+    # the deferred row may never find its capture, and this row brings the text
+    existing = store.read_parts(FEEDBACK)
+    stored = set(existing.loc[existing["origin"] != DEFERRED_ORIGIN, "id"])
     new = [r for r in good if r["id"] not in stored]
     part = None
     if new:

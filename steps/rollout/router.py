@@ -31,7 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import ClientError, ClientResponse, ClientSession, ClientTimeout, web
+from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession, ClientTimeout, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from sentimentops.steps.core.errors import UsageError, stage_main
@@ -259,20 +259,30 @@ def make_app(state_file: Path, seed: int = 0, *, max_request_ids: int = MAX_REQU
                                                       headers=headers, data=body) as answer:
                 return await answer.read(), {k: v for k, v in answer.headers.items()
                                              if k.lower() not in HOP_HEADERS}, answer
+
+        def moved() -> tuple[str, str | None] | None:
+            """Where the routes send this request now, if they no longer name the backend it went to: a promotion
+            or rollback rewrites the routes before it stops the process it retires. Only for requests that go where
+            the split says (predictions, text labels); a label by id belongs to the deployment that answered."""
+            refresh(force=True)
+            if backend in (routes.stable, routes.canary) or (path == FEEDBACK_PATH and feedback_id(body) is not None):
+                return None
+            again = routes.pick()
+            return again if again[1] is not None else None
+
         try:
             try:
                 payload, out, answer = await forward(backend)
-            except (OSError, ClientError):
-                # A promotion or rollback rewrites the routes before it stops the process it retires: a request
-                # that picked that process just before is sent once more where the new routes say (predictions
-                # and labels are idempotent). A label for an id the retired process answered has nowhere to go.
-                refresh(force=True)
-                if role == "retired" or backend in (routes.stable, routes.canary):
+            except ClientConnectorError:  # refused before anything was sent: safe to send elsewhere
+                if (again := moved()) is None:
                     raise
-                role, backend = feedback_backend(body) if path == FEEDBACK_PATH else routes.pick()
-                if backend is None:
-                    raise
+                role, backend = again
                 payload, out, answer = await forward(backend)
+            else:
+                # a retiring predictor drains: it refuses new requests with 503 before reading them
+                if answer.status == 503 and (again := moved()) is not None:
+                    role, backend = again
+                    payload, out, answer = await forward(backend)
         except (OSError, ClientError) as err:  # the backend is gone (a rollback in progress): the router's own 502
             gone = " (the deployment that answered this request id is gone)" if role == "retired" else ""
             return web.json_response({"error": f"{role} unreachable{gone}: {err}"}, status=502,

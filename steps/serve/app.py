@@ -350,7 +350,10 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
         """Sampled requests into the capture buffer: memory only, and never a failed request. A client that reuses
         an id this replica captured (V2 bodies all numbered "1") gets a fresh one in the X-Request-Id header, so a
         capture id always names one text and feedback cannot label the wrong one."""
-        if production is None or not production.capturing or not production.sampled():
+        if production is None or not production.capturing:
+            return
+        if not production.sampled():
+            production.not_sampled(context["rid"])
             return
         try:
             context["rid"] = production.unique_id(context["rid"])
@@ -444,6 +447,10 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             if found is not None:
                 return found  # a duplicate of a deferred label answers 200 "duplicate" too
             captured = production.index.get(feedback_id)
+            if captured is None and production.answered_unsampled(feedback_id):
+                raise NotFound(f"id {feedback_id!r}: this replica answered that request without capturing it "
+                               f"(capture_rate {production.settings.rate:g} samples requests); send "
+                               '{"text": ..., "label": ...} instead')
             if captured is None and production.settings.defer_unknown_ids and valid_capture_id(feedback_id):
                 return defer(feedback_id, label, context)
             if captured is None:

@@ -254,6 +254,9 @@ class Production:
             on_size=m.feedback_buffered.set if m else None)
         self.index = RecentIndex(settings.index)
         self.memo = RecentIndex(settings.feedback_memo)  # id -> the answer given when its label was accepted
+        # request ids this replica answered but did not sample (capture_rate < 1): a label for one of them is
+        # refused (404, send the text) rather than deferred to an ingest that could never find its capture
+        self.unsampled = RecentIndex(settings.index)
         poll = min(0.5, settings.flush_s / 4, settings.feedback_flush_s / 4)
         self.flusher = Flusher([self.captures, self.feedback], poll_s=poll) if store is not None else None
 
@@ -286,6 +289,13 @@ class Production:
     def sampled(self) -> bool:
         rate = self.settings.rate
         return rate >= 1.0 or (rate > 0.0 and self.random.random() < rate)
+
+    def not_sampled(self, request_id: str) -> None:
+        self.unsampled.put(request_id, True)
+
+    def answered_unsampled(self, capture_id: str) -> bool:
+        """Whether this replica answered the request of `capture_id` (`<id>` or `<id>/<i>`) without capturing it."""
+        return self.unsampled.get(capture_id.partition("/")[0]) is not None
 
     def capture(self, request_id: str, texts: Sequence[str], probs: Sequence[float], model_name: str,
                 model_version: str) -> int:

@@ -41,6 +41,7 @@ class Deployment:
         self.mirrored = 0
         self.hold = threading.Event()
         self.hold.set()
+        self.draining = False  # like a predictor after SIGTERM: every new request refused with 503
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -51,6 +52,8 @@ class Deployment:
         return "positive" if positive else "negative"
 
     async def answer(self, request: web.Request, body: dict) -> web.Response:
+        if self.draining:
+            return web.json_response({"error": "draining"}, status=503)
         if request.headers.get(MIRROR_HEADER):
             self.mirrored += 1
             await asyncio.get_running_loop().run_in_executor(None, self.hold.wait, 30)
@@ -70,6 +73,8 @@ class Deployment:
                 {"name": "label", "datatype": "BYTES", "shape": [len(texts)], "data": [self.label(t) for t in texts]}]})
 
         async def feedback(request: web.Request) -> web.Response:
+            if self.draining:
+                return web.json_response({"error": "draining"}, status=503)
             try:
                 body = json.loads(await request.read())
             except ValueError:
@@ -301,22 +306,35 @@ def test_answer_labels(payload, labels):
     assert answer_labels(b"<html>") is None
 
 
-def test_a_request_to_a_process_a_promotion_just_retired_goes_where_the_new_routes_say(router, deployments, tmp_path):
+@pytest.mark.parametrize("retired", ["draining", "stopped"])
+def test_a_request_to_a_process_a_promotion_just_retired_goes_where_the_new_routes_say(router, deployments, tmp_path,
+                                                                                          retired):
     # `rollout local` promotes by rewriting the routes (stable := canary) and then stopping the old stable: a
-    # request that picked the old stable in between is sent once more by the new routes instead of failing.
+    # request that picked the old stable in between, and finds it draining (503) or gone (refused), is sent once
+    # more where the new routes say instead of failing; a label by id stays with the deployment that answered.
     import os
 
     stable, canary = deployments
     url = router(percent=0, mirror=0)
-    assert post(url + "/predict", {"instances": TEXTS})[1]["x-sentimentops-backend"] == "stable"
+    _, headers, _ = post(url + "/predict", {"instances": TEXTS})
+    assert headers["x-sentimentops-backend"] == "stable"
+    answered_by_old_stable = headers[REQUEST_ID_HEADER.lower()]
     state = tmp_path / "state.json"
     before = os.stat(state).st_mtime_ns
     write_routes(state, canary, None, 0, 0)  # canary promoted: it is the only deployment now
     os.utime(state, ns=(before, before))  # ... within the file time's resolution: the router has not noticed yet
-    stable.close()
-    stable.close = lambda: None
+    if retired == "draining":
+        stable.draining = True
+    else:
+        stable.close()
+        stable.close = lambda: None
     status, headers, body = post(url + "/predict", {"instances": TEXTS})
     assert status == 200 and headers["x-sentimentops-backend"] == "stable"  # the new stable: the promoted canary
     assert body["predictions"][1]["label"] == "negative"  # canary's answer ("flip" inverted)
     status, headers, _ = post(url + "/v1/feedback", {"text": "after the promotion", "label": "positive"})
     assert status == 200 and canary.feedback[-1]["text"] == "after the promotion"
+    # a label for a request the retired process answered goes to it alone: its 503, or the router's clear 502
+    status, _, body = post(url + "/v1/feedback", {"id": answered_by_old_stable, "label": "positive"})
+    assert (status, body["error"].split(" ")[0]) in ((503, "draining"), (502, "retired"))
+    if retired == "stopped":
+        assert "unreachable" in body["error"]

@@ -254,12 +254,21 @@ def test_two_replicas_a_label_reaching_the_other_one_is_deferred_and_joined_at_i
     from sentimentops.steps.ingest import IngestSettings, read_feedback, select_feedback
 
     store_path = tmp_path / "store"
-    flags = ("--capture-rate", "1.0", "--feedback-unknown-ids", "defer", *FAST_FLUSH)
+    flags = ("--feedback-unknown-ids", "defer", *FAST_FLUSH)
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    a, b = start(served_model, tmp_path / "a", store_path, *flags), None
+    a, b = start(served_model, tmp_path / "a", store_path, "--capture-rate", "1.0", *flags), None
     try:
-        b = start(served_model, tmp_path / "b", store_path, *flags)
+        # b samples half its requests (seeded): a label for one it answered without capturing is refused there
+        # (404: send the text), never deferred to an ingest that could not find it
+        b = start(served_model, tmp_path / "b", store_path, "--capture-rate", "0.5", "--capture-seed", "3", *flags)
+        statuses = []
+        for i in range(12):
+            post(b, V1, {"instances": [f"answered by b {i}"]}, rid=f"b-{i}")
+            status, answer, _ = post(b, "/v1/feedback", {"id": f"b-{i}", "label": 1})
+            statuses.append(status)
+            assert status in (200, 404) and (status == 200 or "without capturing" in answer["error"]), answer
+        assert set(statuses) == {200, 404}
         _, body, _ = post(a, V1, {"instances": ["captured by replica a"]}, rid="two-1")
         predicted = body["predictions"][0]["label"]
         status, answer, headers = post(b, "/v1/feedback", {"id": "two-1", "label": "positive"})
@@ -270,25 +279,27 @@ def test_two_replicas_a_label_reaching_the_other_one_is_deferred_and_joined_at_i
         assert post(b, "/v1/feedback", {"id": "two-1", "label": 0})[0] == 409
         assert post(b, "/v1/feedback", {"id": "captured-nowhere", "label": 0})[0] == 202
         # not the form of any capture id: refused, not stored
-        for bad in ("has space", "two-1/x", "two-1/01", "a" * 129):
+        for bad in ("has space", "two-1/x", "two-1/01", "two-1/\u00b2", "two-1/" + "9" * 5000, "a" * 129):
             assert post(b, "/v1/feedback", {"id": bad, "label": 0})[0] == 404, bad
         # b does not know the prediction: no correct/incorrect count for a deferred label
-        assert metric_value(b, 'sentiment_feedback_total{correct="true",model_version="5"}') == 0
-        assert metric_value(b, 'sentiment_feedback_total{correct="false",model_version="5"}') == 0
+        assert metric_value(b, 'sentiment_feedback_total{correct="true",model_version="5"}') + \
+            metric_value(b, 'sentiment_feedback_total{correct="false",model_version="5"}') == statuses.count(200)
         assert metric_value(b, 'sentiment_feedback_requests_total{status="202"}') == 2
         store = Store(str(store_path))
-        wait_for(lambda: stored(store, FEEDBACK, {"two-1", "captured-nowhere"}), 60, "the deferred labels")
+        recorded = {f"b-{i}" for i, status in enumerate(statuses) if status == 200}
+        wait_for(lambda: stored(store, FEEDBACK, {"two-1", "captured-nowhere", *recorded}), 60, "the labels")
         wait_for(lambda: stored(store, CAPTURES, {"two-1"}), 60, "replica a's capture")
     finally:
         a.stop()
         if b is not None:
             b.stop()
     settings = IngestSettings(production_store=str(store_path), production_min_rows=1_000)
-    feedback = read_feedback(settings)
+    feedback, captures = read_feedback(settings)
     assert set(feedback.loc[feedback["origin"] == DEFERRED_ORIGIN, "id"]) == {"two-1", "captured-nowhere"}
+    assert captures is not None and "two-1" in set(captures["id"])
     empty = pd.DataFrame({"text": pd.Series(dtype=object)})
-    chosen = select_feedback(feedback, settings, base_test=empty, base_train=empty, now=0.0)
-    assert chosen.counts.dropped["unmatched_id"] == 1
-    assert chosen.train[["text", "label"]].to_dict(orient="records") == [{"text": "captured by replica a",
-                                                                          "label": 1}]
+    chosen = select_feedback(feedback, settings, base_test=empty, base_train=empty, now=0.0, captures=captures)
+    assert chosen.counts.dropped["unmatched_id"] == 1 and chosen.counts.dropped["ambiguous_id"] == 0
+    assert sorted(zip(chosen.train["text"], chosen.train["label"], strict=True)) == sorted(
+        [("captured by replica a", 1)] + [(f"answered by b {r.split('-')[1]}", 1) for r in recorded])
     assert predicted in LABELS

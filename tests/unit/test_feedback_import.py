@@ -137,3 +137,20 @@ def test_a_json_array_export_imports_and_invalid_utf8_is_refused(tmp_path):
     broken.write_bytes(b'{"text": "caf\xe9", "label": 1}\n')
     assert main(["import", str(broken), "--store", str(tmp_path / "other")]) == 1
     assert not Store(str(tmp_path / "other")).parts(FEEDBACK)
+
+
+def test_an_id_with_only_a_deferred_label_is_imported_with_its_text(tmp_path, home, capsys):
+    # A replica that had not captured "req-5" deferred its label (no text); the labelling tool exports the same id
+    # with the text: the import stores it, so the label trains even if the capture never turns up.
+    from sentimentops.steps.core.production import DEFERRED_ORIGIN, feedback_frame
+
+    store = Store(str(tmp_path / "store"))
+    store.write_part(FEEDBACK, feedback_frame([{"id": "req-5", "ts": 1.0, "text": None, "label": 1, "predicted": -1,
+                                                "model_version": "", "origin": DEFERRED_ORIGIN}]))
+    source = write(tmp_path / "tool.csv", [{"text": "the text behind req-5", "label": "pos", "id": "req-5"}])
+    assert main(["import", str(source), "--store", str(store)]) == 0
+    assert "1 written" in capsys.readouterr().out
+    frame = store.read_parts(FEEDBACK)
+    assert sorted(frame["origin"]) == sorted([DEFERRED_ORIGIN, "import:tool.csv"])
+    assert main(["import", str(source), "--store", str(store)]) == 0  # now it is stored: nothing again
+    assert "0 written, 1 already in the store" in capsys.readouterr().out

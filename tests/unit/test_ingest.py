@@ -172,47 +172,69 @@ def test_dedup_by_id_then_text_and_base_texts_dropped():
     ])
     chosen = select_feedback(rows, settings(production_min_rows=50), base_test=frame(10, prefix="test"),
                              base_train=frame(10, prefix="train"), now=NOW)
-    assert chosen.counts.dropped == {"duplicate_id": 1, "unmatched_id": 0, "invalid": 2, "outside_window": 0, "duplicate_text": 1,
+    assert chosen.counts.dropped == {"unmatched_id": 0, "ambiguous_id": 0, "duplicate_id": 1, "invalid": 2, "outside_window": 0, "duplicate_text": 1,
                                      "in_base_test": 1, "in_base_train": 1, "over_cap": 0}
     assert sorted(zip(chosen.train["text"], chosen.train["label"], strict=True)) == [("same id", 1),
                                                                                      ("twice said", 1)]
     assert len(chosen.production) == 0 and chosen.counts.kept == 2 and chosen.counts.read == 8
 
 
-def test_deferred_labels_take_their_capture_s_text_or_are_dropped_as_unmatched():
+def test_deferred_labels_take_their_capture_s_text_or_are_dropped_as_unmatched_or_ambiguous():
     from sentimentops.steps.core.production import DEFERRED_ORIGIN, capture_frame, resolve_deferred
 
-    rows = fb([("direct", "labelled where captured", 1, NOW - 9)])
-    deferred = feedback_frame([{"id": i, "ts": NOW - n, "text": None, "label": lab, "predicted": -1,
-                                "model_version": "", "origin": DEFERRED_ORIGIN}
-                               for n, (i, lab) in enumerate([("req-7/1", 0), ("gone", 1), ("req-8", 1)])])
-    captures = capture_frame([
-        {"id": "req-7/0", "ts": NOW - 20, "text": "first of two", "probability": 0.9, "label": 1,
-         "model_name": "sentiment", "model_version": "3"},
-        {"id": "req-7/1", "ts": NOW - 20, "text": "second of two", "probability": 0.8, "label": 1,
-         "model_name": "sentiment", "model_version": "3"},
-        {"id": "req-8", "ts": NOW - 19, "text": "  spaced   out ", "probability": 0.1, "label": 0,
-         "model_name": "sentiment", "model_version": "4"}])
-    merged = pd.concat([rows, deferred], ignore_index=True)
-    resolved = resolve_deferred(merged, captures)
-    assert list(resolved["id"]) == list(merged["id"])  # order kept
-    assert resolved.dtypes.to_dict() == merged.dtypes.to_dict()
-    by_id = resolved.set_index("id")
-    assert (by_id.loc["req-7/1", "text"], by_id.loc["req-7/1", "predicted"], by_id.loc["req-7/1", "model_version"]) \
-        == ("second of two", 1, "3")
-    assert (by_id.loc["req-8", "predicted"], by_id.loc["req-8", "label"]) == (0, 1)  # the capture's answer, the label
-    assert pd.isna(by_id.loc["gone", "text"])  # no capture: still no text
-    assert by_id.loc["direct", "text"] == "labelled where captured"
-    assert resolve_deferred(rows, captures) is rows  # nothing deferred: the same frame
+    def capture(i: str, ts: float, text: str, label: int, version: str) -> dict:
+        return {"id": i, "ts": ts, "text": text, "probability": 0.5, "label": label, "model_name": "sentiment",
+                "model_version": version}
 
-    chosen = select_feedback(resolved, settings(production_min_rows=50), base_test=frame(5, prefix="test"),
-                             base_train=frame(5, prefix="train"), now=NOW)
-    assert chosen.counts.dropped["unmatched_id"] == 1 and chosen.counts.dropped["invalid"] == 0
-    assert sorted(chosen.train["text"]) == ["  spaced   out ", "labelled where captured", "second of two"]
-    # without the captures (none read) every deferred row is unmatched, never "invalid"
+    def deferred(rows: list[tuple[str, int, float]]) -> pd.DataFrame:
+        return feedback_frame([{"id": i, "ts": ts, "text": None, "label": lab, "predicted": -1, "model_version": "",
+                                "origin": DEFERRED_ORIGIN} for i, lab, ts in rows])
+
+    captures = capture_frame([
+        capture("req-7/0", NOW - 20, "first of two", 1, "3"), capture("req-7/1", NOW - 20, "second of two", 1, "3"),
+        capture("req-8", NOW - 19, "  spaced   out ", 0, "4"),
+        # V2's default id "1", captured by two replicas for two texts: a label for "1" cannot be placed
+        capture("1", NOW - 30, "one text", 1, "3"), capture("1", NOW - 18, "another text", 0, "3"),
+        # the same text captured twice under one id (a retried request): one text, no ambiguity
+        capture("retried", NOW - 17, "said twice", 1, "4"), capture("retried", NOW - 16, "said  twice", 1, "4")])
+    rows = fb([("direct", "labelled where captured", 1, NOW - 9)])
+    merged = pd.concat([rows, deferred([("req-7/1", 0, NOW - 5), ("gone", 1, NOW - 4), ("req-8", 1, NOW - 3),
+                                        ("1", 1, NOW - 2), ("retried", 0, NOW - 1)])], ignore_index=True)
+    resolved = resolve_deferred(merged, captures)
+    assert (resolved.unmatched, resolved.ambiguous) == (1, 1)
+    assert list(resolved.feedback["id"]) == ["direct", "req-7/1", "req-8", "retried"]  # order kept
+    assert resolved.feedback.dtypes.to_dict() == merged.dtypes.to_dict()
+    by_id = resolved.feedback.set_index("id")
+    assert tuple(by_id.loc["req-7/1", ["text", "predicted", "model_version"]]) == ("second of two", 1, "3")
+    assert tuple(by_id.loc["req-8", ["predicted", "label"]]) == (0, 1)  # the capture's answer, the person's label
+    assert by_id.loc["retried", "text"] == "said  twice"
+    assert resolve_deferred(rows, captures).feedback is rows  # nothing deferred: the same frame
+
+    chosen = select_feedback(merged, settings(production_min_rows=50), base_test=frame(5, prefix="test"),
+                             base_train=frame(5, prefix="train"), now=NOW, captures=captures)
+    assert {k: v for k, v in chosen.counts.dropped.items() if v} == {"unmatched_id": 1, "ambiguous_id": 1}
+    assert sorted(chosen.train["text"]) == ["  spaced   out ", "labelled where captured", "said  twice",
+                                            "second of two"]
+    # without captures (none read) every deferred label is unmatched, never "invalid"
     chosen = select_feedback(merged, settings(production_min_rows=50), base_test=frame(5, prefix="test"),
                              base_train=frame(5, prefix="train"), now=NOW)
-    assert chosen.counts.dropped["unmatched_id"] == 3 and list(chosen.train["text"]) == ["labelled where captured"]
+    assert chosen.counts.dropped["unmatched_id"] == 5 and chosen.counts.dropped["invalid"] == 0
+    assert list(chosen.train["text"]) == ["labelled where captured"]
+
+
+def test_an_unmatched_deferred_label_never_hides_a_label_with_text_for_the_same_id():
+    # the replica that captured "req-9" also got a label for it (with its text) after another replica had deferred
+    # one; the capture has since expired: the deferred row goes first, the label with text stays
+    from sentimentops.steps.core.production import DEFERRED_ORIGIN, capture_frame
+
+    rows = pd.concat([
+        feedback_frame([{"id": "req-9", "ts": NOW - 10, "text": None, "label": 1, "predicted": -1,
+                         "model_version": "", "origin": DEFERRED_ORIGIN}]),
+        fb([("req-9", "the captured text", 1, NOW - 5)])], ignore_index=True)
+    chosen = select_feedback(rows, settings(production_min_rows=50), base_test=frame(5, prefix="test"),
+                             base_train=frame(5, prefix="train"), now=NOW, captures=capture_frame([]))
+    assert chosen.counts.dropped["unmatched_id"] == 1 and chosen.counts.dropped["duplicate_id"] == 0
+    assert list(chosen.train["text"]) == ["the captured text"]
 
 
 def test_window_and_cap_keep_the_most_recent():

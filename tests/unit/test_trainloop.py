@@ -294,7 +294,8 @@ def test_feedback_rows_are_oversampled_after_validation_was_carved():
 
 def test_feedback_repeat_is_part_of_the_checkpoint_key():
     # a resumed run must not continue a trajectory trained with another oversampling
-    from sentimentops.steps.train.cli import TRAJECTORY, TrainSettings
+    from sentimentops.steps.train.cli import FEEDBACK_REPEAT, TRAJECTORY, TrainSettings
 
     assert "feedback_repeat" in TRAJECTORY
-    assert TrainSettings.model_fields["feedback_repeat"].default == 3
+    # every retrain (drift, cron, manual) oversamples its feedback unless told otherwise
+    assert TrainSettings.model_fields["feedback_repeat"].default == FEEDBACK_REPEAT > 1
