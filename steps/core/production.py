@@ -243,6 +243,7 @@ def resolve_deferred(feedback: Any, captures: Any) -> Resolved:
     deferred = feedback["origin"] == DEFERRED_ORIGIN
     if not deferred.any():
         return Resolved(feedback, 0, 0)
+    captures = captures[normalised(captures["text"]).notna()]  # a capture without text cannot lend one
     texts = normalised(captures["text"]).groupby(captures["id"]).nunique()
     one = captures[captures["id"].isin(texts.index[texts == 1])].drop_duplicates("id", keep="last").set_index("id")
     known = deferred & feedback["id"].isin(one.index)

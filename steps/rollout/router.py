@@ -262,10 +262,11 @@ def make_app(state_file: Path, seed: int = 0, *, max_request_ids: int = MAX_REQU
 
         def moved() -> tuple[str, str | None] | None:
             """Where the routes send this request now, if they no longer name the backend it went to: a promotion
-            or rollback rewrites the routes before it stops the process it retires. Only for requests that go where
-            the split says (predictions, text labels); a label by id belongs to the deployment that answered."""
+            or rollback rewrites the routes before it stops the process it retires. Not for a label by an id the
+            router saw answered: it belongs to the deployment that answered (an unknown id goes to stable anyway)."""
             refresh(force=True)
-            if backend in (routes.stable, routes.canary) or (path == FEEDBACK_PATH and feedback_id(body) is not None):
+            wanted = feedback_id(body) if path == FEEDBACK_PATH else None
+            if backend in (routes.stable, routes.canary) or (wanted is not None and ids.backend(wanted) is not None):
                 return None
             again = routes.pick()
             return again if again[1] is not None else None
