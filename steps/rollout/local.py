@@ -198,7 +198,10 @@ class LocalTarget:
         self.write(data)
         data["pending"] = [p for p in data["pending"] if p["pid"] != canary["pid"]]
         data["canary"] = canary
-        data["routes"] = self._routes(data, state.percent)
+        # No traffic before the canary is ready (KServe routes to a revision only once it is Ready): the router
+        # would otherwise send its share to a process still loading its model (refused, or 503). ready() routes it.
+        data["canary_percent"] = state.percent
+        data["routes"] = self._routes(data)
         data["rollout"] = state.to_annotations()
         self.write(data)  # the canary, its traffic share and the record of both: one atomic replace
         return state
@@ -217,6 +220,12 @@ class LocalTarget:
         for role in ("stable", "canary"):
             if not self.scraped(role, data[role]["version"]):
                 return False, f"Prometheus has not scraped the {role} predictor yet"
+        if (data.get("routes") or {}).get("canary") != canary["url"]:
+            # ready and scraped: now the router may send it its share (and mirror copies, whose zeroed counter
+            # Prometheus must then hold before the soak: the check below, at the next call)
+            data["routes"] = self._routes(data, int(data.get("canary_percent", 0)))
+            self.write(data)
+            return False, "the canary's traffic share routed; waiting for the router's counters to be scraped"
         if (data.get("routes") or {}).get("mirror_percent") and not self.scraped_mirror(
                 data["stable"]["version"], canary["version"]):
             return False, "Prometheus has not scraped the router's mirror counter for these versions yet"
