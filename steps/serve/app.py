@@ -94,8 +94,8 @@ FEEDBACK_BODY = {"type": "object", "required": ["label"], "additionalProperties"
     "label": LABEL_IN}}
 FEEDBACK_ANSWER = {"type": "object", "properties": {
     "id": {"type": "string"}, "label": {"type": "string", "enum": list(LABELS)},
-    "predicted": {"type": "string", "enum": list(LABELS)}, "correct": {"type": "boolean"},
-    "model_version": {"type": "string"},
+    "predicted": {"enum": [*LABELS, None]}, "correct": {"type": ["boolean", "null"]},
+    "model_version": {"type": ["string", "null"]},
     "status": {"type": "string", "enum": ["recorded", "duplicate", "deferred"],
                "description": "deferred (202): this replica did not capture the id; the label is stored and joined "
                               "to its capture at ingest, so predicted, correct and model_version are null"}}}
