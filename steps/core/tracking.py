@@ -5,6 +5,7 @@ Local profile: a sqlite file and a local artifact folder, no server (docs/measur
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from sentimentops.steps.core.contract import (
     ModelFolder,
     read_model_folder,
 )
+from sentimentops.steps.core.errors import DataError, UsageError
 from sentimentops.steps.core.manifests import git_sha
 
 RUN_ID_FILE = ".mlflow_run_id"  # lets a resumed step continue its own MLflow run instead of starting another
@@ -83,6 +85,31 @@ def alias_version(settings: CommonSettings, alias: str):
         return client.get_model_version_by_alias(settings.registered_model, alias)
     except MlflowException:
         return None
+
+
+# A registered model's URI as the predictor and the batch scorer take it: an alias (`models:/sentiment@champion`) or
+# a number (`models:/sentiment/3`).
+MODEL_URI = re.compile(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))")
+
+
+def registered_version(settings: CommonSettings, uri: str) -> tuple[str, str, str]:
+    """`models:/NAME@ALIAS` or `models:/NAME/N` -> (name, the concrete version, its run id), looked up in the registry
+    now, so an alias is pinned once. UsageError for another form; DataError for a name, alias or version the
+    registry does not have; any other MLflow failure (a lost server) as it is."""
+    match = MODEL_URI.fullmatch(uri or "")
+    if not match:
+        raise UsageError(f"unsupported model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, number = match.groups()
+    from mlflow.exceptions import MlflowException
+
+    client = configure(settings)
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException as err:
+        if getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise DataError(f"cannot resolve {uri}: {err}") from err
+        raise
+    return name, str(found.version), found.run_id or ""
 
 
 def download_model(settings: CommonSettings, uri: str, dest: Path) -> ModelFolder:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +42,6 @@ UNVERSIONED = "unversioned"  # a model folder scored without a registry version 
 # Texts tokenized and scored per step of the progress bar on the GPU path: predict_proba sorts each chunk by
 # length itself, and a chunk bounds the tokens held at once.
 GPU_CHUNK = 8192
-_MODEL_URI = re.compile(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))")
 
 
 # ---- the plan ----------------------------------------------------------------------------------------------------
@@ -146,24 +144,12 @@ def resolve_model(settings: Any, uri: str | None = None, version: str | None = N
         if not Path(folder).is_dir():
             raise DataError(f"--model-dir {folder}: no such folder")
         return ModelRef(settings.registered_model, version or UNVERSIONED, str(Path(folder).resolve()))
+    from sentimentops.steps.core.tracking import registered_version
+
     uri = f"models:/{settings.registered_model}/{version}" if version else uri
-    match = _MODEL_URI.fullmatch(uri or "")
-    if not match:
-        raise UsageError(f"unsupported model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
-    name, alias, number = match.groups()
-    from mlflow.exceptions import MlflowException
-
-    from sentimentops.steps.core.tracking import configure
-
-    client = configure(settings)
-    try:
-        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-    except MlflowException as err:
-        if getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise DataError(f"cannot resolve {uri}: {err}") from err
-        raise
-    log.info("model %s is version %s", uri, found.version)
-    return ModelRef(name, str(found.version), f"models:/{name}/{found.version}")
+    name, number, _ = registered_version(settings, uri or "")
+    log.info("model %s is version %s", uri, number)
+    return ModelRef(name, number, f"models:/{name}/{number}")
 
 
 def model_folder(settings: Any, ref: ModelRef) -> Path:

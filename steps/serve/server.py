@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -84,16 +83,11 @@ class ServeSettings(CommonSettings):
 
 def resolve(uri: str, settings: CommonSettings, cache: Path) -> tuple[Path, ModelInfo]:
     """`models:/name@alias` or `models:/name/N` -> (local pyfunc folder, info with the concrete version)."""
-    from sentimentops.steps.core.tracking import configure, download_model
+    from sentimentops.steps.core.tracking import download_model, registered_version
 
-    match = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", uri)
-    if not match:
-        raise UsageError(f"unsupported model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
-    name, alias, number = match.groups()
-    client = configure(settings)
-    version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-    folder = download_model(settings, f"models:/{name}/{version.version}", cache / f"{name}-{version.version}")
-    return folder.root, ModelInfo(name=name, version=str(version.version), run_id=version.run_id or "")
+    name, version, run_id = registered_version(settings, uri)
+    folder = download_model(settings, f"models:/{name}/{version}", cache / f"{name}-{version}")
+    return folder.root, ModelInfo(name=name, version=version, run_id=run_id)
 
 
 def options_from(settings: ServeSettings) -> ServeOptions:
