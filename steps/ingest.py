@@ -298,8 +298,7 @@ def read_feedback(settings: IngestSettings) -> tuple[pd.DataFrame | None, pd.Dat
         raise UsageError(f"production_store {settings.production_store!r}: {err}") from err
     try:
         frame = store.read_parts(FEEDBACK)
-        deferred = int((frame["origin"] == DEFERRED_ORIGIN).sum())
-        # labels given by id to a replica that had not captured it: their texts are in the captures
+        deferred = int((frame["origin"] == DEFERRED_ORIGIN).sum())  # labels whose texts are in the captures
         captures = store.read_parts(CAPTURES) if deferred else None
     except (OSError, ValueError, ImportError) as err:  # ArrowInvalid and read_parts' missing column: ValueErrors
         raise FeedbackError(f"production store {store}: feedback cannot be read: {err}") from err
@@ -311,8 +310,7 @@ def read_feedback(settings: IngestSettings) -> tuple[pd.DataFrame | None, pd.Dat
         raise
     log.info("ingest: %d feedback rows in %s", len(frame), store.kind_location(FEEDBACK))
     if captures is not None:
-        log.info("ingest: %d deferred labels, to be joined to the %d captures in %s", deferred, len(captures),
-                 store.kind_location(CAPTURES))
+        log.info("ingest: %d deferred labels, %d captures to join them to", deferred, len(captures))
     return frame, captures
 
 
