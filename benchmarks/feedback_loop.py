@@ -525,7 +525,9 @@ def main() -> int:
     def save() -> None:
         report["seconds"] = clock.seconds
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        text = json.dumps(report, indent=2, default=str) + "\n"
+        # the shared data folder as the checkout names it (../shared), not this machine's absolute path
+        args.out.write_text(text.replace(str(REPO.parent) + "/", "../"))
 
     if args.rescore:
         earlier = json.loads(args.out.read_text())
