@@ -93,8 +93,8 @@ class FeedbackError(DataError):
 
 
 # Why a feedback row was left out, in the order the rules apply (manifest metrics feedback_dropped_<reason>).
-DROP_REASONS = ("unmatched_id", "ambiguous_id", "duplicate_id", "invalid", "outside_window", "duplicate_text", "in_base_test", "in_base_train",
-                "over_cap")
+DROP_REASONS = ("unmatched_id", "ambiguous_id", "duplicate_id", "invalid", "outside_window", "duplicate_text",
+                "in_base_test", "in_base_train", "over_cap")
 
 
 @dataclass
