@@ -73,7 +73,7 @@ CHALLENGER_2 = ("sentimentops pipeline run --run-dir .sentimentops/runs/challeng
                 "-p source=demo -p epochs=1 -p seed=7 -p rollout=skip "
                 "--env SENTIMENTOPS_REGISTER_CHAMPION_MOVES_AT=rollout")
 LOCAL_UP = "sentimentops rollout local up --stable champion"
-ROLLOUT = "sentimentops rollout run --target local --model challenger --soak 60s --interval 10s --canary-percent 50"
+ROLLOUT = "sentimentops rollout run --target local --model challenger --soak 60s --interval 10s"
 ROLLOUT_SLOW = f"{ROLLOUT} --canary-env SENTIMENTOPS_SERVE_FAULT_LATENCY_MS=1000"
 LOCAL_DOWN = "sentimentops rollout local down"
 SERVE = ("sentimentops serve --model-uri models:/sentiment@champion --prediction-log "
