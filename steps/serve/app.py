@@ -423,15 +423,21 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
         the capture by id at ingest; 202, remembered like any label (duplicate / 409), not counted as correct or
         not (this replica does not know the prediction)."""
         assert production is not None
-        row = {"id": feedback_id, "ts": time.time(), "text": None, "label": label, "predicted": UNKNOWN_PREDICTION,
-               "model_version": "", "origin": DEFERRED_ORIGIN}
+        out = store_label({"id": feedback_id, "ts": time.time(), "text": None, "label": label,
+                           "predicted": UNKNOWN_PREDICTION, "model_version": "", "origin": DEFERRED_ORIGIN},
+                          {"predicted": None, "correct": None, "model_version": None, "status": "deferred"})
+        context["code"] = 202
+        return out
+
+    def store_label(row: dict, answer: dict) -> dict:
+        """One label into the feedback buffer (503 when it is full: nothing recorded), remembered for idempotence;
+        returns the answer."""
+        assert production is not None
         if not production.feedback.offer([row]):
             raise Overloaded(f"{len(production.feedback)} labels are waiting for the production store: retry "
                              "later (nothing was recorded)")
-        out = {"id": feedback_id, "label": LABELS[label], "predicted": None, "correct": None, "model_version": None,
-               "status": "deferred"}
-        production.memo.put(feedback_id, out)
-        context["code"] = 202
+        out = {"id": row["id"], "label": LABELS[row["label"]], **answer}
+        production.memo.put(row["id"], out)
         return out
 
     async def feedback_answer(payload: Any, context: dict) -> dict:
@@ -470,15 +476,11 @@ def create_app(model: SentimentModel, metrics: Metrics, *, load_in_background: b
             if found is not None:
                 return found
             predicted, version = LABELS.index(scored["label"]), model.info.version
-        row = {"id": feedback_id, "ts": time.time(), "text": text, "label": label, "predicted": predicted,
-               "model_version": version, "origin": origin}
-        if not production.feedback.offer([row]):
-            raise Overloaded(f"{len(production.feedback)} labels are waiting for the production store: retry "
-                             "later (nothing was recorded)")
         correct = label == predicted
-        out = {"id": feedback_id, "label": LABELS[label], "predicted": LABELS[predicted], "correct": correct,
-               "model_version": version, "status": "recorded"}
-        production.memo.put(feedback_id, out)
+        out = store_label({"id": feedback_id, "ts": time.time(), "text": text, "label": label, "predicted": predicted,
+                           "model_version": version, "origin": origin},
+                          {"predicted": LABELS[predicted], "correct": correct, "model_version": version,
+                           "status": "recorded"})
         metrics.feedback.labels(version, "true" if correct else "false").inc()
         return out
 
